@@ -1,0 +1,136 @@
+"""End-to-end tests of the training app (A): cifar_train, cifar_eval, cifar_predict, cifar_lr_find, cifar_summary, --help"""
+import inspect, json, math, re
+from pathlib import Path
+import pytest
+from PIL import Image
+from conftest import TOOLS, cifar_classes, read_history
+
+EPOCH_LINE = re.compile(r'^Epoch (\d+): train loss ([\d.]+), .*test loss ([\d.]+), test accuracy ([\d.]+)%')
+METRIC_KEYS = ('test_accuracy', 'best_test_accuracy', 'params', 'receptive_field', 'epochs', 'arch', 'lr', 'bs', 'seed',
+               'seconds', 'device', 'versions')
+RUN_ARTIFACTS = ('model.pkl', 'weights.pth', 'metrics.json', 'history.csv', 'curves.png', 'lr_find.png',
+                 'confusion_matrix.png', 'top_losses.png')
+
+def assert_png(fname):
+    with Image.open(fname) as im:
+        assert im.format=='PNG', f"{fname} is not a PNG"
+        im.verify()
+    with Image.open(fname) as im:
+        im.load()
+        assert min(im.size) > 10, f"{fname} is only {im.size}"
+
+def test_train_writes_run_folder(trained_run):
+    r,run = trained_run
+    for f in RUN_ARTIFACTS:
+        assert (run/f).is_file(), f"{f} is missing from the run folder {run}: {sorted(p.name for p in run.iterdir())}"
+        assert (run/f).stat().st_size > 0, f"{f} is empty"
+    for f in RUN_ARTIFACTS:
+        if f.endswith('.png'): assert_png(run/f)
+    m = json.loads((run/'metrics.json').read_text())
+    missing = [k for k in METRIC_KEYS if k not in m]
+    assert not missing, f"metrics.json lacks {missing}"
+    assert 0 <= m['test_accuracy'] <= 1 and 0 <= m['best_test_accuracy'] <= 1
+    assert m['best_test_accuracy'] >= m['test_accuracy']
+    assert (m['epochs'],m['arch'],m['bs'],m['seed']) == (2,'tiny',32,0)
+    assert 0 < m['lr'] < 10, "the LR finder's LR is not in metrics.json"
+    assert 0 < m['params'] < 20_000 and m['receptive_field'] > 1
+    assert isinstance(m['versions'], dict) and 'fastai' in m['versions'] and 'torch' in m['versions']
+    assert m['device'] and m['seconds'] >= 0
+
+def test_train_history(trained_run):
+    r,run = trained_run
+    h = read_history(run)
+    for c in ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy'): assert c in h.columns, c
+    assert list(h.epoch)==[1, 2], f"one row per epoch expected:\n{h}"
+    assert h[['train_loss', 'test_loss']].notna().all().all()
+    assert h.train_accuracy.between(0, 1).all() and h.test_accuracy.between(0, 1).all()
+    m = json.loads((run/'metrics.json').read_text())
+    assert m['test_accuracy'] == pytest.approx(h.test_accuracy.iloc[-1])
+
+def test_train_prints_one_line_per_epoch(trained_run):
+    r,run = trained_run
+    lines = [l for l in r.out_lines if l.startswith('Epoch')]
+    assert len(lines)==2, f"expected 2 epoch lines: {r!r}"
+    for i,l in enumerate(lines):
+        mo = EPOCH_LINE.match(l)
+        assert mo and int(mo.group(1))==i+1, f"unexpected epoch line {l!r}"
+    h = read_history(run)
+    assert float(EPOCH_LINE.match(lines[-1]).group(4)) == pytest.approx(100*h.test_accuracy.iloc[-1], abs=0.006)
+
+@pytest.mark.parametrize('model', ['model.pkl', 'weights.pth'])
+def test_eval_matches_metrics(cli, trained_run, fake_data, model):
+    _,run = trained_run
+    r = cli.run('cifar_eval', '--model', run/model, '--data', fake_data).ok()
+    mo = re.search(r'test accuracy: ([\d.]+)%', r.out)
+    assert mo, f"no 'test accuracy: NN.NN%' line: {r!r}"
+    m = json.loads((run/'metrics.json').read_text())
+    assert mo.group(1) == f"{100*m['test_accuracy']:.2f}", f"cifar_eval {model} disagrees with metrics.json: {r!r}"
+    for c in cifar_classes(): assert c in r.out, f"no per-class line for {c}"
+
+def test_predict(cli, trained_run, fake_data):
+    _,run = trained_run
+    imgs = [fake_data/'test'/'cat'/'0000.png', fake_data/'test'/'ship'/'0001.png']
+    r = cli.run('cifar_predict', '--model', run/'model.pkl', *imgs).ok()
+    lines = [l for l in r.out_lines if l.strip()]
+    assert len(lines)==2, f"expected one line per image: {r!r}"
+    for img,l in zip(imgs, lines):
+        mo = re.match(r'^(.+): (\S+) \(([\d.]+)\)$', l)
+        assert mo, f"unexpected line {l!r}"
+        assert mo.group(1)==str(img)
+        assert mo.group(2) in cifar_classes(), f"{mo.group(2)!r} is not a CIFAR-10 class"
+        assert 0 <= float(mo.group(3)) <= 1
+
+def test_lr_find(lr_find_job):
+    job,out = lr_find_job
+    r = job.result().ok()
+    assert (out/'lr_find.png').is_file()
+    assert_png(out/'lr_find.png')
+    assert 'valley:' in r.out, f"no suggestions printed: {r!r}"
+    suggs = dict(re.findall(r'^\s*(valley|slide|minimum|steep): ([\d.e+-]+)$', r.out, re.M))
+    assert set(suggs)=={'valley', 'slide', 'minimum', 'steep'}, (
+        f"the suggestions are not each on a line of their own (progress bars on stdout?): {suggs}\n{r!r}")
+    for k,v in suggs.items(): assert 0 < float(v) < 100, (k, v)
+    assert '--lr' in r.out, "it does not say how to use the suggestion"
+
+def test_summary_default(summary_job):
+    r = summary_job.result().ok()
+    assert re.search(r'layer\s+type\s+output_shape\s+params', r.out), f"no table header: {r!r}"
+    assert 'Conv2d' in r.out and 'BatchNorm2d' in r.out
+    mo = re.search(r'params: ([\d,]+), receptive_field: (\d+), macs: ([\d,]+)', r.out)
+    assert mo, f"no totals line: {r!r}"
+    assert 0 < int(mo.group(1).replace(',', '')) < 200_000
+    assert int(mo.group(2)) > 44
+
+def _options(tool):
+    "Every option of `tool`, from the signature of its function"
+    import cifar_fastai.cli as cli_mod
+    return list(inspect.signature(getattr(cli_mod, tool)).parameters)
+
+# the options each tool has today (a floor: the signature may add more)
+KNOWN_OPTIONS = dict(
+    cifar_train='data arch epochs lr bs seed subset out label_smoothing wd num_workers strict force resume stop_after debug',
+    cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs debug', cifar_predict='images model debug',
+    cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers json_out debug')
+
+@pytest.mark.parametrize('tool', TOOLS)
+def test_help_mentions_every_option(help_jobs, tool):
+    r = help_jobs[tool].result().ok()
+    assert r.out.startswith('usage:'), r
+    for name in dict.fromkeys(_options(tool) + KNOWN_OPTIONS[tool].split()):
+        shown = name if name=='images' else f'--{name}'
+        assert re.search(rf'(?<![\w-]){re.escape(shown)}(?![\w-])', r.out), f"{tool} --help does not mention {shown}: {r!r}"
+
+def test_train_relative_out(relative_out_job):
+    "`--out` relative to the working folder (like the default runs/ARCH-TIME) must work too"
+    job,run = relative_out_job
+    r = job.result()
+    assert r.rc==0, f"training into a relative --out failed: {r!r}"
+    for f in ('model.pkl', 'weights.pth', 'metrics.json', 'history.csv'): assert (run/f).is_file(), f
+
+def test_same_seed_same_first_epoch(repeat_jobs):
+    "Two runs with the same --seed and --lr (num_workers 0, CPU) have the same first-epoch history row"
+    a,b = (repeat_jobs[k].result().ok() for k in ('full0', 'full0b'))
+    ha,hb = (read_history(Path(r.args[r.args.index('--out')+1])) for r in (a, b))
+    cols = ['epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'lr']
+    ra,rb = ha[cols].iloc[0].to_dict(),hb[cols].iloc[0].to_dict()
+    assert ra == pytest.approx(rb, abs=1e-6), f"same seed, different first epoch:\n{ra}\n{rb}"

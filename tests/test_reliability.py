@@ -1,0 +1,167 @@
+"""Reliability of the tools: bad input (B), a corrupt image (C), never losing a run (D)"""
+import json, math, os, re, shutil, signal, subprocess, time
+from pathlib import Path
+import pytest
+from conftest import (TIMEOUT, assert_one_line_error, bad_case_ids, file_hashes, read_history, tool_path,
+                      train_args)
+
+# ---------------------------------------------------------------------------------------------------- B: bad input
+@pytest.mark.parametrize('case', bad_case_ids())
+def test_bad_input_one_line_error(bad_input_jobs, case):
+    "Exit status != 0, one line on stderr saying what is wrong and what to do, no traceback"
+    job,must = bad_input_jobs[case]
+    assert_one_line_error(job.result(), *must)
+
+def test_debug_shows_traceback(cli, session_dir):
+    r = cli.run('cifar_train', '--data', session_dir/'nowhere', '--out', session_dir/'nowhere_out', '--debug')
+    assert r.rc != 0, r
+    assert 'Traceback' in r.err and 'DataError' in r.err, f"--debug did not show the traceback: {r!r}"
+
+# ------------------------------------------------------------------------------------------------ C: corrupt image
+def test_corrupt_image_is_skipped_with_warning(corrupt_jobs):
+    job,bad,out = corrupt_jobs['warn']
+    r = job.result()
+    assert r.rc==0, f"one corrupt image should not stop training: {r!r}"
+    assert bad.name in r.err, f"the warning does not name {bad.name}: {r!r}"
+    assert 'Traceback' not in r.out+r.err
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['train_images'] == 100, "the corrupt image should be left out (100 good training images + 1 corrupt)"
+
+def test_corrupt_image_strict(corrupt_jobs):
+    job,bad,out = corrupt_jobs['strict']
+    assert_one_line_error(job.result(), bad.name, '--strict')
+    assert not (out/'metrics.json').exists()
+
+# ------------------------------------------------------------------------------------------- D: never lose a run
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    "A copy of the shared finished run, to be refused or overwritten"
+    _,run = trained_run
+    dst = tmp_path/'finished'
+    shutil.copytree(run, dst)
+    return dst
+
+def test_refuses_to_overwrite_finished_run(cli, fake_data, run_copy):
+    before = file_hashes(run_copy)
+    r = cli.run('cifar_train', *train_args(fake_data, run_copy, 1))
+    assert_one_line_error(r, '--force', '--out')
+    assert file_hashes(run_copy) == before, "the finished run was modified"
+
+@pytest.fixture(scope='module')
+def forced(cli, fake_data, trained_run, tmp_path_factory):
+    "A copy of the shared 2-epoch run (LR from the finder), overwritten with --force by a 1-epoch run with --lr"
+    _,run = trained_run
+    dst = tmp_path_factory.mktemp('forced')/'finished'
+    shutil.copytree(run, dst) # keeps the modification times
+    old = json.loads((dst/'metrics.json').read_text())
+    t0 = time.time()
+    r = cli.run('cifar_train', *train_args(fake_data, dst, 1, '--force'))
+    return r,dst,old,t0
+
+def test_force_overwrites(forced):
+    r,run,old,t0 = forced
+    r.ok()
+    assert old['epochs']==2
+    m = json.loads((run/'metrics.json').read_text())
+    assert m['epochs']==1 and m['lr']==0.01, "metrics.json was not overwritten"
+    assert list(read_history(run).epoch)==[1]
+    for f in ('model.pkl', 'weights.pth', 'curves.png', 'confusion_matrix.png', 'top_losses.png'):
+        assert (run/f).stat().st_mtime >= t0, f"{f} was not rewritten"
+
+def test_force_leaves_no_file_of_the_old_run(forced):
+    "After --force the folder holds only the new run: no file of the old one (here lr_find.png: the new run has --lr)"
+    r,run,_,t0 = forced
+    r.ok()
+    stale = sorted(p.name for p in run.iterdir() if p.stat().st_mtime < t0)
+    assert not stale, f"--force left files of the old run in {run}: {stale}"
+
+def test_stop_after_leaves_checkpoint(repeat_jobs):
+    s = repeat_jobs['resumed0'].result()
+    stop = s['stop']
+    assert stop.rc==0, stop
+    assert '--resume' in stop.out, f"it does not say how to continue: {stop!r}"
+    assert 'checkpoint.pth' in s['files'] and 'metrics.json' not in s['files'], s['files']
+    assert s['ckpt_epoch']==1 and list(s['history'].epoch)==[1]
+
+HIST_COLS = ['train_loss', 'train_accuracy', 'test_loss', 'test_accuracy']
+
+def _compare_resumed(s, full, num_workers):
+    stop,resume = s['stop'],s['resume']
+    assert stop.rc==0, stop
+    assert resume is not None and resume.rc==0, resume
+    run = s['out']
+    assert (run/'metrics.json').is_file() and not (run/'checkpoint.pth').exists()
+    full_run = Path(full.args[full.args.index('--out')+1])
+    h,hf = read_history(run),read_history(full_run)
+    assert list(h.epoch)==list(hf.epoch)==[1, 2, 3]
+    assert list(h.lr)==pytest.approx(list(hf.lr), rel=1e-6), "the resumed run does not follow the same LR schedule"
+    last,lastf = h[HIST_COLS].iloc[-1].to_dict(),hf[HIST_COLS].iloc[-1].to_dict()
+    assert last==pytest.approx(lastf, abs=1e-4), (
+        f"num_workers={num_workers}: stopped+resumed run ends differently from the uninterrupted one\n"
+        f"resumed:       {last}\nuninterrupted: {lastf}\nfull histories:\n{h}\n{hf}")
+
+def test_resume_matches_uninterrupted(repeat_jobs):
+    full = repeat_jobs['full0'].result().ok()
+    _compare_resumed(repeat_jobs['resumed0'].result(), full, 0)
+
+def test_resume_matches_uninterrupted_workers(repeat_jobs):
+    "The same with --num_workers 2 (compared with an uninterrupted run that also uses 2 workers)"
+    full = repeat_jobs['full2'].result().ok()
+    _compare_resumed(repeat_jobs['resumed2'].result(), full, 2)
+
+def test_ctrl_c_keeps_checkpoint_and_resumes(cli, session_dir):
+    import torch
+    from cifar_fastai.data import make_fake_cifar
+    d = make_fake_cifar(session_dir/'bigger', n_train=60, n_test=10)
+    run = session_dir/'interrupted'
+    cmd = [tool_path('cifar_train'), *map(str, train_args(d, run, 40))]
+    p = subprocess.Popen(cmd, env=cli.env, cwd=cli.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + TIMEOUT
+        while not (run/'checkpoint.pth').exists():
+            if p.poll() is not None: pytest.fail(f"the run ended before its first checkpoint: {p.communicate()}")
+            if time.time() > deadline: pytest.fail(f"no checkpoint.pth after {TIMEOUT}s")
+            time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out,err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: p.kill(); p.communicate()
+    assert p.returncode==130, f"exit status {p.returncode} after Ctrl-C\n{out}\n{err}"
+    assert '--resume' in err, f"the message does not say how to continue:\n{err}"
+    assert 'Traceback' not in out+err, err
+    state = torch.load(run/'checkpoint.pth', weights_only=False)
+    done = state['epoch']
+    assert done >= 1 and len(state['history'])==done
+    assert not (run/'metrics.json').exists()
+    # continue it for one more epoch
+    r = cli.run('cifar_train', '--resume', run, '--num_workers', '0', '--stop_after', done+1).ok()
+    assert f'stopped after epoch {done+1}' in r.out, r
+    state = torch.load(run/'checkpoint.pth', weights_only=False)
+    assert state['epoch']==done+1
+    assert list(read_history(run).epoch)==list(range(1, done+2))
+    assert [l for l in r.out_lines if l.startswith('Epoch')][0].startswith(f'Epoch {done+1}:'), r
+
+def test_nan_stops_with_one_line_message(nan_job):
+    job,run = nan_job
+    line = assert_one_line_error(job.result(), 'loss became', '--lr')
+    assert not (run/'metrics.json').exists()
+
+def test_nan_keeps_last_good_checkpoint(nan_job):
+    "The checkpoint left behind is the last epoch before the divergence, and holds only finite numbers"
+    import torch
+    job,run = nan_job
+    r = job.result()
+    assert r.rc not in (0, None), f"training did not stop: {r!r}"
+    mo = re.search(r'loss became \S+ at epoch (\d+)', r.err)
+    assert mo, f"no 'loss became ... at epoch N' message: {r!r}"
+    bad_epoch = int(mo.group(1))
+    assert bad_epoch >= 2, f"diverged in the first epoch: nothing to keep, pick a milder setting: {r!r}"
+    state = torch.load(run/'checkpoint.pth', weights_only=False)
+    assert state['epoch']==bad_epoch-1==len(state['history'])
+    losses = [(h['epoch'], h['train_loss'], h['test_loss']) for h in state['history']]
+    assert all(math.isfinite(a) and math.isfinite(b) for _,a,b in losses), (
+        f"the kept checkpoint's history has non-finite losses (epoch, train, test): {losses}")
+    # the weights (BatchNorm's running statistics may have overflowed already: the losses above stayed finite)
+    bad = [k for k,v in state['model'].items() if v.is_floating_point() and 'running_' not in k and not torch.isfinite(v).all()]
+    assert not bad, f"the kept checkpoint (epoch {state['epoch']}) holds non-finite weights: {bad}"
