@@ -97,7 +97,7 @@ def get_cifar10(path=None, url=URLs.CIFAR) -> Path:
     except DataError as e:
         if 'could not be extracted' in str(e): raise
         raise DataError(f"{path} does not hold CIFAR-10 in fastai's layout (train/<class>/*, test/<class>/*, "
-                        "with the same classes): pass a .tgz of such a folder") from None
+                        "with the same classes): pass --data a .tgz of such a folder") from None
 
 # %% ../nbs/00_data.ipynb #c26bcc6f
 def save_atomic(fname, write):
