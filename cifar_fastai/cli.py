@@ -4,17 +4,16 @@
 
 # %% ../nbs/04_cli.ipynb #ae5a2953
 from __future__ import annotations
-import json, sys, time, traceback
+import json, sys, time
 from contextlib import contextmanager
 from datetime import datetime
-import numpy as np, pandas as pd, torch
 from fastai.vision.all import *
 from fastcore.script import call_parse, Param, store_true # after fastai's star import, which has a `Param` of its own
 from .augment import AlbumentationsTransform, cifar_augs
 from .data import DataError, cifar_dls, dataset_stats, get_cifar10
 from .model import check_arch, compare_archs, get_model, model_summary, receptive_field
-from .train import (RunExists, TrainingDiverged, _find_lr, bars_only_on_terminal, cifar_learner,
-                                 device_name, evaluate, load_model, predict_probs, train)
+from .train import RunExists, TrainingDiverged, _find_lr, bars_only_on_terminal, cifar_learner
+from .train import device_name, evaluate, load_model, predict_probs, train
 
 # %% auto #0
 __all__ = ['cli_errors', 'default_out', 'cifar_train', 'cifar_lr_find', 'cifar_eval', 'cifar_predict', 'cifar_summary', 'bench',

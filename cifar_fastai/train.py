@@ -9,7 +9,7 @@ import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import albumentations, fastai, torch
 from fastai.vision.all import *
-from .data import DataError, cifar_dls, dataset_stats, get_cifar10, save_atomic
+from .data import DataError, cifar_dls, get_cifar10, save_atomic
 from .model import check_arch, count_macs, count_params, get_model, receptive_field
 
 # %% auto #0
