@@ -29,7 +29,7 @@ def cli_errors(debug=False, out=None):
         if out is not None and (Path(out)/'checkpoint.pth').exists():
             msg += f": the last finished epoch is saved in {out}/checkpoint.pth; continue with: cifar_train --resume {out}"
         print(msg, file=sys.stderr); sys.exit(130)
-    except (DataError, RunExists, TrainingDiverged, ValueError) as e:
+    except (ValueError, TrainingDiverged) as e: # `DataError` and `RunExists` are `ValueError`s
         if debug: raise
         print(f"error: {e}", file=sys.stderr); sys.exit(2)
     except Exception as e:
