@@ -10,14 +10,14 @@ from datetime import datetime
 from fastai.vision.all import *
 from fastcore.script import call_parse, Param, store_true # after fastai's star import, which has a `Param` of its own
 from .augment import AlbumentationsTransform, cifar_augs
-from .data import DataError, cifar_dls, dataset_stats, get_cifar10
+from .data import DataError, cifar_dls, dataset_stats, get_cifar10, save_atomic
 from .model import check_arch, compare_archs, get_model, model_summary, receptive_field
 from .train import RunExists, TrainingDiverged, _find_lr, bars_only_on_terminal, cifar_learner
 from .train import device_name, evaluate, load_model, predict_probs, train
 
 # %% auto #0
-__all__ = ['cli_errors', 'default_out', 'cifar_train', 'cifar_lr_find', 'cifar_eval', 'cifar_predict', 'cifar_summary', 'bench',
-           'cifar_bench']
+__all__ = ['cli_errors', 'default_out', 'check_new_file', 'save_json', 'cifar_train', 'cifar_lr_find', 'cifar_eval',
+           'cifar_predict', 'cifar_summary', 'bench', 'cifar_bench']
 
 # %% ../nbs/04_cli.ipynb #9129e620
 @contextmanager
@@ -40,6 +40,15 @@ def cli_errors(debug=False, out=None):
 def default_out(name) -> str:
     "A new run folder under `runs/`, named after `name` and the time"
     return f"runs/{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+# %% ../nbs/04_cli.ipynb #f1e062d9
+def check_new_file(fname):
+    "Refuse, with a one-line error, a results file `fname` that already exists (`None` passes)"
+    if fname is not None and Path(fname).exists(): raise RunExists(f"{fname} already exists: pass a new --json_out file name")
+
+def save_json(fname, obj):
+    "Write `obj` as JSON into `fname`, atomically, when `fname` is not `None`"
+    if fname is not None: save_atomic(Path(fname), lambda f: f.write_text(json.dumps(obj, indent=2)))
 
 # %% ../nbs/04_cli.ipynb #f61782ff
 @call_parse
@@ -97,15 +106,20 @@ def cifar_eval(
     model:str=None, # a run's model.pkl, or its weights.pth (safe to load; needs metrics.json beside it)
     data:str=None, # CIFAR-10 folder or .tgz (default: $CIFAR10_DATA, else download)
     bs:int=128, # batch size
+    tta:store_true=False, # average each image's probabilities with its mirror image's
+    json_out:str=None, # also write the accuracies to this new JSON file
     debug:store_true=False, # show tracebacks
 ):
     "Print the test accuracy, overall and per class, of a trained model on the test split"
     with cli_errors(debug):
         if model is None: raise DataError("pass --model the model.pkl or weights.pth of a run")
-        acc,per_class = evaluate(*load_model(model), data, bs)
+        check_new_file(json_out)
+        acc,per_class = evaluate(*load_model(model), data, bs, tta)
+        save_json(json_out, dict(model=str(model), data=str(get_cifar10(data)), tta=tta, test_accuracy=acc,
+                                 per_class=dict(zip(per_class.cls, per_class.accuracy))))
         per_class['accuracy'] = (100*per_class.accuracy).map('{:.2f}%'.format)
         print(per_class.to_string(index=False))
-        print(f"test accuracy: {100*acc:.2f}%")
+        print(f"test accuracy{' with mirror TTA' if tta else ''}: {100*acc:.2f}%")
 
 # %% ../nbs/04_cli.ipynb #6a9325ca
 @call_parse
@@ -181,11 +195,12 @@ def cifar_bench(
     n_batches:int=20, # batches to time for the loader and the training step
     epoch:store_true=False, # also time one full training epoch
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
-    json_out:str=None, # also write the results to this JSON file
+    json_out:str=None, # also write the results to this new JSON file
     debug:store_true=False, # show tracebacks
 ):
     "Measure augmentation, data loading and training throughput on this machine"
     with cli_errors(debug):
+        check_new_file(json_out)
         res = bench(data, check_arch(arch), bs, n_batches, epoch, num_workers)
         for k,v in res.items(): print(f"{k:>30}: {v:,}" if isinstance(v, (int,float)) else f"{k:>30}: {v}")
-        if json_out: Path(json_out).write_text(json.dumps(res, indent=2))
+        save_json(json_out, res)

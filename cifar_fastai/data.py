@@ -11,9 +11,9 @@ from fastai.vision.all import *
 from .augment import AlbumentationsTransform, cifar_augs
 
 # %% auto #0
-__all__ = ['CIFAR_CLASSES', 'CIFAR_STATS', 'DataError', 'make_fake_cifar', 'check_layout', 'cache_dir', 'extract_archive',
-           'get_cifar10', 'save_atomic', 'dataset_stats', 'find_bad_images', 'cifar_items', 'default_num_workers',
-           'cifar_dls']
+__all__ = ['CIFAR_CLASSES', 'CIFAR_STATS', 'DataError', 'make_fake_cifar', 'check_layout', 'cache_dir', 'file_hash',
+           'extract_archive', 'get_cifar10', 'save_atomic', 'dataset_stats', 'find_bad_images', 'cifar_items',
+           'default_num_workers', 'cifar_dls']
 
 # %% ../nbs/00_data.ipynb #38fa0c3a
 class DataError(ValueError):
@@ -64,12 +64,17 @@ def cache_dir() -> Path:
 # %% ../nbs/00_data.ipynb #b7ee7b6b
 _archive_exts = ('.tgz', '.tar.gz', '.tar')
 
+def file_hash(fname, n=8) -> str:
+    "The first `n` hex digits of the MD5 of the contents of `fname`"
+    h = hashlib.md5()
+    with open(fname, 'rb') as f:
+        for chunk in iter(lambda: f.read(1<<20), b''): h.update(chunk)
+    return h.hexdigest()[:n]
+
 def extract_archive(fname, dest=None) -> Path:
     "Extract the tar archive `fname` once into `dest` (default: `cache_dir()`), returning the extracted folder"
     fname = Path(fname).expanduser()
-    st = fname.stat()
-    key = hashlib.md5(f'{fname.resolve()}{st.st_size}{st.st_mtime_ns}'.encode()).hexdigest()[:8]
-    out = Path(dest or cache_dir())/f"{fname.name.split('.')[0]}-{key}"
+    out = Path(dest or cache_dir())/f"{fname.name.split('.')[0]}-{file_hash(fname)}"
     if out.exists(): return out
     tmp = out.with_name(out.name+'.partial')
     shutil.rmtree(tmp, ignore_errors=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #5d461fc2
 from __future__ import annotations
-import json, os, platform, random, shlex, sys, time, warnings
+import json, os, platform, random, re, shlex, sys, time, warnings
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import albumentations, fastai, torch
@@ -16,7 +16,7 @@ from .model import check_arch, count_macs, count_params, get_model, receptive_fi
 __all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
            'StopOnNaN', 'RunExists', 'check_out_dir', 'versions', 'device_name', 'plot_history', 'save_plots',
            'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run', 'load_model', 'load_images', 'predict_probs',
-           'evaluate', 'runs_table']
+           'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0., wd=None, path='.', cbs=None, **kwargs) -> Learner:
@@ -203,13 +203,12 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
     logger = RunLogger(history=state['history'] if state else None, start_epoch=start, verbose=verbose)
     cbs = [logger, Checkpoint(resume_state=state), StopOnNaN()]
     if stop_after: cbs.append(StopAfter(stop_after))
-    t0 = time.time()
     learn.fit_one_cycle(cfg['epochs'], cfg['lr'], start_epoch=start, cbs=cbs)
     if learn.diverged:
         kept = f"the last good epoch is kept in {out/'checkpoint.pth'}" if (out/'checkpoint.pth').exists() else "no epoch finished"
         raise TrainingDiverged(f"{learn.diverged}; {kept}")
     if len(logger.history) < cfg['epochs']: return dict(stopped_after=len(logger.history), out=str(out))
-    return finish_run(learn, out, cfg, logger.history, time.time()-t0)
+    return finish_run(learn, out, cfg, logger.history)
 
 # %% ../nbs/03_train.ipynb #22d525af
 class StopAfter(Callback):
@@ -220,8 +219,8 @@ class StopAfter(Callback):
         if self.epoch+1 >= self.n: raise CancelFitException
 
 # %% ../nbs/03_train.ipynb #b8af25ed
-def finish_run(learn, out, cfg, history, seconds) -> dict:
-    "Write the final artifacts of a finished run into `out` and return its metrics"
+def finish_run(learn, out, cfg, history) -> dict:
+    "Write the final artifacts of a finished run into `out` and return its metrics (time: its epochs', over all sessions)"
     h = pd.DataFrame(list(history))
     plot_history(h, out/'curves.png')
     save_plots(learn, out)
@@ -233,7 +232,7 @@ def finish_run(learn, out, cfg, history, seconds) -> dict:
                    params=count_params(learn.model), receptive_field=int(receptive_field(learn.model).rf.iloc[-1]),
                    macs=count_macs(learn.model), epochs=int(h.epoch.iloc[-1]),
                    train_images=len(learn.dls.train_ds), test_images=len(learn.dls.valid_ds),
-                   seconds=round(seconds, 1), epoch_seconds=round(float(h.seconds.mean()), 1),
+                   seconds=round(float(h.seconds.sum()), 1), epoch_seconds=round(float(h.seconds.mean()), 1),
                    device=device_name(learn.dls.device), vocab=list(learn.dls.vocab), stats=[mean, std],
                    versions=versions(), command=' '.join(cfg['argv']))
     metrics = {**{k:v for k,v in cfg.items() if k!='argv'}, **metrics}
@@ -276,30 +275,41 @@ def load_images(fns, size=32) -> Tensor:
     return torch.stack(ims)
 
 # %% ../nbs/03_train.ipynb #7716cc44
-def predict_probs(model, stats, fns, bs=128) -> Tensor:
-    "Class probabilities of `model` for the image files `fns`, normalised with `stats` as in training"
+def predict_probs(model, stats, fns, bs=128, tta=False) -> Tensor:
+    "Class probabilities of `model` for the image files `fns`, normalised as in training; `tta` averages in the mirror images'"
     mean,std = (tensor(o).view(1,3,1,1) for o in stats)
     probs = []
     with torch.no_grad():
         for chunk in chunked(fns, bs):
             x = (load_images(chunk).float()/255 - mean)/std
-            probs.append(model(x).float().softmax(-1))
+            p = model(x).float().softmax(-1)
+            if tta: p = (p + model(x.flip(-1)).float().softmax(-1))/2
+            probs.append(p)
     return torch.cat(probs)
 
 # %% ../nbs/03_train.ipynb #fe253c50
-def evaluate(model, vocab, stats, data=None, bs=128) -> tuple:
-    "Test accuracy of `model` on the test split of `data`, and a per-class accuracy table"
+def evaluate(model, vocab, stats, data=None, bs=128, tta=False) -> tuple:
+    "Test accuracy of `model` on the test split of `data` (`tta`: with mirror-image averaging), and a per-class table"
     path = get_cifar10(data)
     fns = get_image_files(path/'test')
     classes = sorted({parent_label(o) for o in fns})
     if classes != list(vocab): raise DataError(f"the test classes in {path} ({', '.join(classes)}) are not the model's ({', '.join(vocab)})")
     targs = tensor([vocab.index(parent_label(o)) for o in fns])
-    correct = predict_probs(model, stats, fns, bs).argmax(-1)==targs
+    correct = predict_probs(model, stats, fns, bs, tta).argmax(-1)==targs
     per_class = pd.DataFrame(dict(cls=vocab, images=[int((targs==i).sum()) for i in range(len(vocab))],
                                   accuracy=[correct[targs==i].float().mean().item() for i in range(len(vocab))]))
     return correct.float().mean().item(),per_class
 
 # %% ../nbs/03_train.ipynb #0cb468b5
+def tta_accuracy(run) -> float:
+    "Test accuracy with mirror TTA recorded in `run/eval-tta.json` by `cifar_eval --tta --json_out`, else NaN"
+    f = Path(run)/'eval-tta.json'
+    return json.loads(f.read_text())['test_accuracy'] if f.exists() else np.nan
+
+def _pct(v) -> str:
+    "A fraction as a percentage with two decimals ('' for NaN)"
+    return '' if np.isnan(v) else f"{100*v:.2f}%"
+
 def runs_table(path='results', link=True) -> pd.DataFrame:
     "One row per run folder under `path` (from its `metrics.json`, at any depth): arch, size, epochs, test accuracy, time, hardware"
     rows = []
@@ -308,7 +318,20 @@ def runs_table(path='results', link=True) -> pd.DataFrame:
         name = f.parent.relative_to(path).as_posix()
         rows.append({'run': f'[{name}]({f.parent.as_posix()})' if link else name, 'arch': m['arch'],
                      'params': f"{m['params']:,}", 'RF': m['receptive_field'], 'MMACs': round(m['macs']/1e6, 1),
-                     'train images': f"{m['train_images']:,}", 'epochs': m['epochs'], 'best test acc': f"{100*m['best_test_accuracy']:.2f}%",
-                     'final test acc': f"{100*m['test_accuracy']:.2f}%", 'wall time': f"{m['seconds']/60:.0f} min",
-                     'hardware': m['device']})
+                     'train images': f"{m['train_images']:,}", 'epochs': m['epochs'], 'best test acc': _pct(m['best_test_accuracy']),
+                     'final test acc': _pct(m['test_accuracy']), 'with mirror TTA': _pct(tta_accuracy(f.parent)),
+                     'wall time': f"{m['seconds']/60:.0f} min", 'hardware': m['device']})
     return pd.DataFrame(rows)
+
+# %% ../nbs/03_train.ipynb #dfe409fc
+def summarize_runs(path) -> pd.DataFrame:
+    "Final test accuracy of the runs under `path`, grouped by folder name without `-s<seed>`: runs, mean, min, max, TTA"
+    rows = []
+    for f in sorted(Path(path).rglob('metrics.json')):
+        m = json.loads(f.read_text())
+        rows.append(dict(variant=re.sub(r'-s\d+$', '', f.parent.name), arch=m['arch'], params=m['params'], epochs=m['epochs'],
+                         acc=m['test_accuracy'], tta=tta_accuracy(f.parent), minutes=m['seconds']/60))
+    g = pd.DataFrame(rows).groupby('variant', sort=False)
+    return pd.DataFrame({'arch': g.arch.first(), 'params': g.params.first().map('{:,}'.format), 'epochs': g.epochs.first(),
+                         'runs': g.size(), 'mean test acc': g.acc.mean().map(_pct), 'min': g.acc.min().map(_pct), 'max': g.acc.max().map(_pct),
+                         'mean with mirror TTA': g.tta.mean().map(_pct), 'minutes per run': g.minutes.mean().round(1)}).reset_index()

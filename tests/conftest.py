@@ -246,6 +246,8 @@ def bad_inputs(session_dir, fake_data) -> dict:
     p['missing_img'] = b/'nothere.png'
     (b/'notimage.png').write_bytes(rnd(1000, 30)); p['bad_img'] = b/'notimage.png'
     p['good_img'] = next((fake_data/'test'/'dog').iterdir())
+    # an earlier results file, which --json_out must not replace
+    (b/'old.json').write_text('{}'); p['old_json'] = b/'old.json'
     return p
 
 def bad_input_cases(d, p):
@@ -275,6 +277,8 @@ def bad_input_cases(d, p):
         'predict_random_pth':    ('cifar_predict', ['--model', p['rand_pth'], p['good_img']], ['weights.pth', 'weights']),
         'predict_image_missing': ('cifar_predict', ['--model', p['good_pth'], p['missing_img']], ['nothere.png', 'image']),
         'predict_not_image':     ('cifar_predict', ['--model', p['good_pth'], p['bad_img']], ['notimage.png', 'image']),
+        'eval_json_exists':      ('cifar_eval', ['--model', p['good_pth'], '--data', d, '--json_out', p['old_json']], ['old.json', 'already exists', '--json_out']),
+        'bench_json_exists':     ('cifar_bench', ['--data', d, '--json_out', p['old_json']], ['old.json', 'already exists', '--json_out']),
     }
 
 def bad_case_ids() -> list:
