@@ -114,8 +114,9 @@ def cifar_eval(
     with cli_errors(debug):
         if model is None: raise DataError("pass --model the model.pkl or weights.pth of a run")
         check_new_file(json_out)
-        acc,per_class = evaluate(*load_model(model), data, bs, tta)
-        save_json(json_out, dict(model=str(model), data=str(get_cifar10(data)), tta=tta, test_accuracy=acc,
+        path = get_cifar10(data)
+        acc,per_class = evaluate(*load_model(model), path, bs, tta)
+        save_json(json_out, dict(model=str(model), data=str(path), tta=tta, test_accuracy=acc,
                                  per_class=dict(zip(per_class.cls, per_class.accuracy))))
         per_class['accuracy'] = (100*per_class.accuracy).map('{:.2f}%'.format)
         print(per_class.to_string(index=False))
