@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_cli.ipynb #ae5a2953
 from __future__ import annotations
-import json, sys, time
+import json, signal, sys, time
 from contextlib import contextmanager
 from datetime import datetime
 from fastai.vision.all import *
@@ -22,7 +22,8 @@ __all__ = ['cli_errors', 'default_out', 'check_new_file', 'save_json', 'cifar_tr
 # %% ../nbs/04_cli.ipynb #9129e620
 @contextmanager
 def cli_errors(debug=False, out=None):
-    "Turn errors into one line on stderr and exit status 2 (1 for an unexpected error; 130 for Ctrl-C)"
+    "Turn errors into one line on stderr and exit status 2 (1 for an unexpected error; 130 for Ctrl-C or `kill`)"
+    term = signal.signal(signal.SIGTERM, signal.default_int_handler) # `kill` stops a tool the way Ctrl-C does
     try: yield
     except KeyboardInterrupt:
         msg = "interrupted"
@@ -35,6 +36,7 @@ def cli_errors(debug=False, out=None):
     except Exception as e:
         if debug: raise
         print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr); sys.exit(1)
+    finally: signal.signal(signal.SIGTERM, term)
 
 # %% ../nbs/04_cli.ipynb #9e97bad9
 def default_out(name) -> str:
@@ -61,8 +63,8 @@ def cifar_train(
     seed:int=None, # random seed, for repeatable runs
     subset:float=None, # train on this stratified fraction of the training set (the test set stays whole)
     out:str=None, # run folder for the results (default: runs/ARCH-TIME); never overwritten without --force
-    label_smoothing:float=0., # label smoothing of the cross-entropy loss
-    wd:float=None, # weight decay (default: fastai's, 0.01)
+    label_smoothing:float=0.1, # label smoothing of the cross-entropy loss
+    wd:float=0.05, # weight decay (fastai's default is 0.01)
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     strict:store_true=False, # stop on unreadable images instead of skipping them
     force:store_true=False, # overwrite a run folder that already holds results

@@ -19,7 +19,7 @@ __all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_sta
            'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
-def cifar_learner(dls, arch='default', label_smoothing=0., wd=None, path='.', cbs=None, **kwargs) -> Learner:
+def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
     "A `Learner` for `dls` with the `arch` variant of `ARCHS`, cross-entropy loss and `accuracy`"
     model = get_model(arch, n_out=len(dls.vocab))
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=label_smoothing), metrics=accuracy,
@@ -164,7 +164,7 @@ def _find_lr(learn, out):
 
 # %% ../nbs/03_train.ipynb #1cafce8c
 def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, out='runs/default',
-          label_smoothing=0., wd=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
+          label_smoothing=0.1, wd=0.05, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
           verbose=True, progress=None) -> dict:
     "Train `arch` on CIFAR-10 with one-cycle (LR from the finder when `lr` is None); write the run folder `out`; return its metrics"
     if resume is not None:

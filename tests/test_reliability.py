@@ -109,11 +109,13 @@ def test_resume_matches_uninterrupted_workers(repeat_jobs):
     full = repeat_jobs['full2'].result().ok()
     _compare_resumed(repeat_jobs['resumed2'].result(), full, 2)
 
-def test_ctrl_c_keeps_checkpoint_and_resumes(cli, session_dir):
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['ctrl_c', 'kill'])
+def test_interrupt_keeps_checkpoint_and_resumes(cli, session_dir, sig):
+    "Ctrl-C (SIGINT) or `kill` (SIGTERM) after the first checkpoint: exit 130, a message saying how to continue, and --resume works"
     import torch
     from cifar_fastai.data import make_fake_cifar
-    d = make_fake_cifar(session_dir/'bigger', n_train=60, n_test=10)
-    run = session_dir/'interrupted'
+    d = make_fake_cifar(session_dir/f'bigger-{sig.name}', n_train=60, n_test=10)
+    run = session_dir/f'interrupted-{sig.name}'
     cmd = [tool_path('cifar_train'), *map(str, train_args(d, run, 40))]
     p = subprocess.Popen(cmd, env=cli.env, cwd=cli.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -123,11 +125,11 @@ def test_ctrl_c_keeps_checkpoint_and_resumes(cli, session_dir):
             if p.poll() is not None: pytest.fail(f"the run ended before its first checkpoint: {p.communicate()}")
             if time.time() > deadline: pytest.fail(f"no checkpoint.pth after {TIMEOUT}s")
             time.sleep(0.2)
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         out,err = p.communicate(timeout=120)
     finally:
         if p.poll() is None: p.kill(); p.communicate()
-    assert p.returncode==130, f"exit status {p.returncode} after Ctrl-C\n{out}\n{err}"
+    assert p.returncode==130, f"exit status {p.returncode} after {sig.name}\n{out}\n{err}"
     assert '--resume' in err, f"the message does not say how to continue:\n{err}"
     assert 'Traceback' not in out+err, err
     state = torch.load(run/'checkpoint.pth', weights_only=False)
