@@ -46,23 +46,23 @@ def kind_conv(kind, ni, nf, stride=1, dilation=1, padding=None) -> nn.Module:
     return ConvLayer(ni, nf, ks=3, stride=stride, padding=pad)
 
 # %% ../nbs/02_model.ipynb #caa970f8
-def cifar_block(ni, nf, kind='conv', down=None, dilation=4) -> nn.Sequential:
-    "C block: a convolution from `ni` to `nf` channels that downsamples by `down`, then two residual `kind` convolutions"
+def cifar_block(ni, nf, kind='conv', down=None, dilation=4, n_res=1) -> nn.Sequential:
+    "C block: a convolution from `ni` to `nf` channels that downsamples by `down`, then `n_res` pairs of residual `kind` convolutions"
     if down=='stride': first = kind_conv('sep' if kind.startswith('sep') else 'conv', ni, nf, stride=2)
     elif down=='dilated': first = kind_conv(kind, ni, nf, dilation=dilation, padding=0)
     elif down is None: first = ConvLayer(ni, nf, ks=3)
     else: raise ValueError(f"unknown downsampling {down!r}: use 'stride', 'dilated' or None")
-    return nn.Sequential(first, Residual(kind_conv(kind, nf, nf), kind_conv(kind, nf, nf)))
+    return nn.Sequential(first, *(Residual(kind_conv(kind, nf, nf), kind_conv(kind, nf, nf)) for _ in range(n_res)))
 
 # %% ../nbs/02_model.ipynb #9084211a
 class CifarNet(nn.Sequential):
-    "C1 C2 C3 C4 O: four `cifar_block`s of `widths` and `kinds`, downsampling by `down` between them, then GAP and a 1x1 conv"
+    "C1 C2 C3 C4 O: four `cifar_block`s of `widths`, `kinds` and `n_res` residual pairs, downsampling by `down` between them, then GAP and a 1x1 conv"
     def __init__(self, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride',
-                 dilations=(4,4,4), n_in=3, n_out=10):
+                 dilations=(4,4,4), n_res=(1,1,1,1), n_in=3, n_out=10):
         ni,blocks = n_in,OrderedDict()
-        for i,(nf,kind) in enumerate(zip(widths, kinds)):
+        for i,(nf,kind,nr) in enumerate(zip(widths, kinds, n_res)):
             blocks[f'c{i+1}'] = cifar_block(ni, nf, 'conv' if i==0 else kind, down=None if i==0 else down,
-                                            dilation=dilations[i-1] if i else 1)
+                                            dilation=dilations[i-1] if i else 1, n_res=nr)
             ni = nf
         blocks['head'] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(ni, n_out, 1), Flatten())
         super().__init__(blocks)
@@ -73,12 +73,13 @@ class CifarNet(nn.Sequential):
 
 # %% ../nbs/02_model.ipynb #b153ff73
 ARCHS = {
-    'default': partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride'),
+    'default': partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride', n_res=(2,1,1,1)),
+    'base':    partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride'),
     'dilated': partial(CifarNet, widths=(16,32,64,128), kinds=('conv','sep','dilated','sep'), down='dilated', dilations=(4,4,4)),
     'small':   partial(CifarNet, widths=(16,32,48,96), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
     'tiny':    partial(CifarNet, widths=(8,16,32,64), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
 }
-ARCH_BUDGETS = {'default': 200_000, 'dilated': 200_000, 'small': 50_000, 'tiny': 20_000}
+ARCH_BUDGETS = {'default': 200_000, 'base': 200_000, 'dilated': 200_000, 'small': 50_000, 'tiny': 20_000}
 
 # %% ../nbs/02_model.ipynb #70e8b47e
 def count_params(model) -> int:

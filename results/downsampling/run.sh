@@ -11,7 +11,7 @@ for seed in $seeds; do
     out=results/downsampling/$variant-s$seed
     [ -e "$out/metrics.json" ] && continue
     case $variant in
-      stride)       extra=(--arch default) ;;
+      stride)       extra=(--arch base)    ;;
       dilated)      extra=(--arch dilated) ;;
     esac
     cifar_train "${common[@]}" "${extra[@]}" --seed "$seed" --out "$out" 2>&1 | tee "$out.log"
