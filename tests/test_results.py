@@ -1,0 +1,24 @@
+"""The committed run folders in `results/` stay usable: each `weights.pth` loads into the network its `metrics.json` names"""
+import csv, json
+from pathlib import Path
+import pytest
+from cifar_fastai.model import count_params
+from cifar_fastai.train import load_model
+
+RESULTS = Path(__file__).resolve().parents[1]/'results'
+RUNS = sorted(f.parent for f in RESULTS.rglob('metrics.json'))
+
+@pytest.mark.parametrize('run', [r for r in RUNS if (r/'weights.pth').exists()], ids=lambda r: str(r.relative_to(RESULTS)))
+def test_weights_load_under_recorded_arch(run):
+    "Changing an `ARCHS` spec that a committed run was trained with makes this fail: register a new name instead"
+    model,vocab,stats = load_model(run/'weights.pth')
+    assert count_params(model) == json.loads((run/'metrics.json').read_text())['params']
+
+@pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
+def test_metrics_match_history(run):
+    "A run's final and best test accuracy are those of its own per-epoch history"
+    m = json.loads((run/'metrics.json').read_text())
+    accs = [float(r['test_accuracy']) for r in csv.DictReader((run/'history.csv').open())]
+    assert len(accs) == m['epochs']
+    assert m['test_accuracy'] == pytest.approx(accs[-1])
+    assert m['best_test_accuracy'] == pytest.approx(max(accs))
