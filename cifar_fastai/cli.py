@@ -13,7 +13,7 @@ from .augment import AlbumentationsTransform, cifar_augs
 from .data import DataError, cifar_dls, dataset_stats, get_cifar10, save_atomic
 from .model import check_arch, compare_archs, get_model, model_summary, receptive_field
 from .train import RunExists, TrainingDiverged, _find_lr, bars_only_on_terminal, cifar_learner
-from .train import device_name, evaluate, load_model, predict_probs, train
+from .train import command_line, device_name, evaluate, load_model, predict_probs, train
 
 # %% auto #0
 __all__ = ['cli_errors', 'default_out', 'check_new_file', 'save_json', 'cifar_train', 'cifar_lr_find', 'cifar_eval',
@@ -49,8 +49,8 @@ def check_new_file(fname):
     if fname is not None and Path(fname).exists(): raise RunExists(f"{fname} already exists: pass a new --json_out file name")
 
 def save_json(fname, obj):
-    "Write `obj` as JSON into `fname`, atomically, when `fname` is not `None`"
-    if fname is not None: save_atomic(Path(fname), lambda f: f.write_text(json.dumps(obj, indent=2)))
+    "Write `obj`, with the command line that made it, as JSON into `fname`, atomically, when `fname` is not `None`"
+    if fname is not None: save_atomic(Path(fname), lambda f: f.write_text(json.dumps({**obj, 'command': command_line()}, indent=2)))
 
 # %% ../nbs/04_cli.ipynb #f61782ff
 @call_parse

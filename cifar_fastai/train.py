@@ -14,9 +14,9 @@ from .model import check_arch, count_macs, count_params, get_model, receptive_fi
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
-           'StopOnNaN', 'RunExists', 'check_out_dir', 'versions', 'device_name', 'plot_history', 'save_plots',
-           'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run', 'load_model', 'load_images', 'predict_probs',
-           'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
+           'StopOnNaN', 'RunExists', 'check_out_dir', 'versions', 'command_line', 'device_name', 'plot_history',
+           'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run', 'load_model', 'load_images',
+           'predict_probs', 'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
@@ -120,6 +120,10 @@ def versions() -> dict:
     return dict(cifar_fastai=cifar_fastai.__version__, fastai=fastai.__version__, torch=torch.__version__,
                 albumentations=albumentations.__version__, python=platform.python_version())
 
+def command_line() -> str:
+    "The command that started this process, as it would be typed"
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
 def device_name(dev=None) -> str:
     "A human description of the device training runs on"
     dev = dev or default_device()
@@ -195,7 +199,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         cfg['lr'],cfg['lr_suggestions'] = _find_lr(learn, out)
         cfg['lr_suggestion'] = 'valley'
         if verbose: print(f"LR finder: {cfg['lr_suggestions']}; using the valley suggestion, {cfg['lr']:.2e}")
-    with open(out/'command.txt', 'a') as f: f.write(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])+'\n')
+    with open(out/'command.txt', 'a') as f: f.write(command_line()+'\n')
     if state is None: save_atomic(out/'run.json', lambda f: f.write_text(json.dumps(cfg, indent=2, default=str)))
     else:
         learn.model.load_state_dict(state['model']); learn.create_opt(); learn.opt.load_state_dict(state['opt'])
@@ -325,11 +329,11 @@ def runs_table(path='results', link=True) -> pd.DataFrame:
 
 # %% ../nbs/03_train.ipynb #dfe409fc
 def summarize_runs(path) -> pd.DataFrame:
-    "Final test accuracy of the runs under `path`, grouped by folder name without `-s<seed>`: runs, mean, min, max, TTA"
+    "Final test accuracy of the runs under `path`, grouped by their path under it without `-s<seed>`: runs, mean, min, max, TTA"
     rows = []
     for f in sorted(Path(path).rglob('metrics.json')):
         m = json.loads(f.read_text())
-        rows.append(dict(variant=re.sub(r'-s\d+$', '', f.parent.name), arch=m['arch'], params=m['params'], epochs=m['epochs'],
+        rows.append(dict(variant=re.sub(r'-s\d+$', '', f.parent.relative_to(path).as_posix()), arch=m['arch'], params=m['params'], epochs=m['epochs'],
                          acc=m['test_accuracy'], tta=tta_accuracy(f.parent), minutes=m['seconds']/60))
     g = pd.DataFrame(rows).groupby('variant', sort=False)
     return pd.DataFrame({'arch': g.arch.first(), 'params': g.params.first().map('{:,}'.format), 'epochs': g.epochs.first(),
