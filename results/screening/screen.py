@@ -3,6 +3,7 @@ test split) of `default` and two candidates of about the same size that are not 
 Usage, from the repository root: python results/screening/screen.py PATH_TO_CIFAR10 [SEED]"""
 import sys
 from functools import partial
+from pathlib import Path
 from cifar_fastai.model import ARCHS, CifarNet
 from cifar_fastai.train import train
 
@@ -13,5 +14,7 @@ ARCHS['all_sep'] = partial(CifarNet, widths=(16,48,96,144), kinds=('conv','sep',
 
 data,seed = sys.argv[1],int(sys.argv[2]) if len(sys.argv)>2 else 0
 for arch in ('all_sep', 'w_sep', 'default'):
-    m = train(data, arch=arch, epochs=8, lr=5e-3, seed=seed, subset=0.2, out=f'results/screening/{arch}-s{seed}', progress=False)
+    out = Path(f'results/screening/{arch}-s{seed}')
+    m = train(data, arch=arch, epochs=8, lr=5e-3, seed=seed, subset=0.2, out=out, progress=False)
+    for f in ('model.pkl', 'weights.pth'): (out/f).unlink() # the candidates' weights load only with this script's ARCHS
     print(arch, f"{m['params']:,} params", f"{100*m['test_accuracy']:.2f}%", flush=True)
