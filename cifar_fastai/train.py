@@ -176,7 +176,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         if (out/'metrics.json').exists(): raise RunExists(f"{out} holds a finished run: nothing to resume")
         if not (out/'checkpoint.pth').exists(): raise DataError(f"{out} has no checkpoint.pth to resume from: start a new run with --out")
         cfg = json.loads((out/'run.json').read_text())
-        state = torch.load(out/'checkpoint.pth', weights_only=False) # our own file: it holds the RNG states
+        state = torch.load(out/'checkpoint.pth', map_location='cpu', weights_only=False) # our own file: it holds the RNG states
     else:
         check_arch(arch)
         if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -202,7 +202,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
     with open(out/'command.txt', 'a') as f: f.write(command_line()+'\n')
     if state is None: save_atomic(out/'run.json', lambda f: f.write_text(json.dumps(cfg, indent=2, default=str)))
     else:
-        learn.model.load_state_dict(state['model']); learn.create_opt(); learn.opt.load_state_dict(state['opt'])
+        learn.model.load_state_dict(state['model']); learn.create_opt(); learn.opt.load_state_dict(to_device(state['opt'], dls.device))
     start = state['epoch'] if state else 0
     logger = RunLogger(history=state['history'] if state else None, start_epoch=start, verbose=verbose)
     cbs = [logger, Checkpoint(resume_state=state), StopOnNaN()]

@@ -109,6 +109,25 @@ def test_resume_matches_uninterrupted_workers(repeat_jobs):
     full = repeat_jobs['full2'].result().ok()
     _compare_resumed(repeat_jobs['resumed2'].result(), full, 2)
 
+GPU_CHECKPOINT = Path(__file__).parent/'fixtures'/'gpu-checkpoint'
+
+def test_resume_gpu_checkpoint_on_cpu(cli, fake_data, session_dir):
+    "A run stopped on a GPU (its checkpoint holds CUDA tensors) is finished with --resume on a machine without one"
+    import torch
+    saved_on = set()
+    torch.load(GPU_CHECKPOINT/'checkpoint.pth', map_location=lambda s,loc: saved_on.add(loc) or s, weights_only=False)
+    assert 'cuda:0' in saved_on, f"the fixture should hold CUDA tensors, it was saved on {saved_on}"
+    run = session_dir/'from-gpu'
+    shutil.copytree(GPU_CHECKPOINT, run)
+    cfg = json.loads((run/'run.json').read_text())
+    cfg.update(data=str(fake_data), subset=None, bs=32) # it was made from a 1% subset of the real data
+    (run/'run.json').write_text(json.dumps(cfg))
+    r = cli.run('cifar_train', '--resume', run, '--num_workers', '0').ok()
+    assert r.out_lines[0].startswith('Epoch 2:'), r
+    h = read_history(run)
+    assert list(h.epoch)==[1, 2] and h.test_accuracy[0]==pytest.approx(0.1)
+    assert json.loads((run/'metrics.json').read_text())['epochs']==2
+
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['ctrl_c', 'kill'])
 def test_interrupt_keeps_checkpoint_and_resumes(cli, session_dir, sig):
     "Ctrl-C (SIGINT) or `kill` (SIGTERM) after the first checkpoint: exit 130, a message saying how to continue, and --resume works"
