@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #5d461fc2
 from __future__ import annotations
-import json, os, platform, random, re, shlex, sys, time, warnings
+import itertools, json, os, platform, random, re, shlex, sys, time, warnings
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import albumentations, fastai, torch
@@ -14,9 +14,9 @@ from .model import check_arch, count_macs, count_params, get_model, receptive_fi
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
-           'StopOnNaN', 'RunExists', 'check_out_dir', 'versions', 'command_line', 'device_name', 'plot_history',
-           'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run', 'load_model', 'load_images',
-           'predict_probs', 'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
+           'StopOnNaN', 'RunExists', 'check_out_dir', 'versions', 'command_line', 'device_name', 'run_devices',
+           'plot_history', 'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run', 'load_model',
+           'load_images', 'predict_probs', 'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
@@ -30,11 +30,12 @@ def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', c
 
 # %% ../nbs/03_train.ipynb #df1f778b
 class RunLogger(Callback):
-    "Record per-epoch train/test loss and accuracy, print them, and write them to `fname` in the run folder"
+    "Record per-epoch train/test loss and accuracy, time and device, print them, and write them to `fname` in the run folder"
     order = 65 # after `Recorder` (50) has the validation results
     def __init__(self, fname='history.csv', history=None, start_epoch=0, verbose=True):
         store_attr()
         self.history = L(history)
+    def before_fit(self): self.device = device_name(self.dls.device)
     def before_epoch(self): self.t0,self.losses,self.correct,self.n = time.time(),0.,0,0
     def after_batch(self):
         if not self.training: return
@@ -46,7 +47,8 @@ class RunLogger(Callback):
         if self.epoch < self.start_epoch or not self.n: return # a skipped (already done) or cancelled epoch
         test_loss,test_acc = self.recorder.values[-1][1:3]
         row = dict(epoch=self.epoch+1, train_loss=self.losses/self.n, train_accuracy=self.correct/self.n,
-                   test_loss=test_loss, test_accuracy=test_acc, lr=self.opt.hypers[-1]['lr'], seconds=time.time()-self.t0)
+                   test_loss=test_loss, test_accuracy=test_acc, lr=self.opt.hypers[-1]['lr'], seconds=time.time()-self.t0,
+                   device=self.device)
         self.history.append(row)
         if self.verbose:
             print(f"Epoch {row['epoch']}: train loss {row['train_loss']:.4f}, train accuracy {100*row['train_accuracy']:.2f}%, "
@@ -129,6 +131,14 @@ def device_name(dev=None) -> str:
     dev = dev or default_device()
     if dev.type=='cuda': return torch.cuda.get_device_name(dev)
     return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+def _epochs(es) -> str: return f"epoch {es[0]}" if len(es)==1 else f"epochs {es[0]}-{es[-1]}"
+
+def run_devices(history) -> str:
+    "The device that trained the epochs of `history`, or each device with its epochs when the run moved between machines"
+    spans = [(d, [r['epoch'] for r in g]) for d,g in itertools.groupby(history, lambda r: r.get('device') or 'device not recorded')]
+    if len(spans)==1: return spans[0][0]
+    return ', '.join(f"{d} ({_epochs(es)})" for d,es in spans)
 
 # %% ../nbs/03_train.ipynb #f5b31d0b
 def plot_history(history, fname=None):
@@ -237,7 +247,7 @@ def finish_run(learn, out, cfg, history) -> dict:
                    macs=count_macs(learn.model), epochs=int(h.epoch.iloc[-1]),
                    train_images=len(learn.dls.train_ds), test_images=len(learn.dls.valid_ds),
                    seconds=round(float(h.seconds.sum()), 1), epoch_seconds=round(float(h.seconds.mean()), 1),
-                   device=device_name(learn.dls.device), vocab=list(learn.dls.vocab), stats=[mean, std],
+                   device=run_devices(history), vocab=list(learn.dls.vocab), stats=[mean, std],
                    versions=versions(), command=' '.join(cfg['argv']))
     metrics = {**{k:v for k,v in cfg.items() if k!='argv'}, **metrics}
     save_atomic(out/'metrics.json', lambda f: f.write_text(json.dumps(metrics, indent=2, default=str)))
