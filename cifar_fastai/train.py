@@ -123,8 +123,9 @@ def versions() -> dict:
                 albumentations=albumentations.__version__, python=platform.python_version())
 
 def command_line() -> str:
-    "The command that started this process, as it would be typed"
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    "The command that started this process, as it would be typed: a console script by its name, a Python script as `python path`"
+    prog,*args = sys.argv
+    return shlex.join(['python', prog, *args] if prog.endswith('.py') else [Path(prog).name, *args])
 
 def device_name(dev=None) -> str:
     "A human description of the device training runs on"
