@@ -1,8 +1,9 @@
-"""The committed run folders in `results/` stay usable: each `weights.pth` loads into the network its `metrics.json` names"""
+"""The committed run folders in `results/` stay usable: each `weights.pth` loads into the network its `metrics.json` names,
+and each model meets the assignment's rules"""
 import csv, json
 from pathlib import Path
 import pytest
-from cifar_fastai.model import count_params
+from cifar_fastai.model import ARCH_BUDGETS, check_rules, count_params
 from cifar_fastai.train import load_model
 
 RESULTS = Path(__file__).resolve().parents[1]/'results'
@@ -13,6 +14,13 @@ def test_weights_load_under_recorded_arch(run):
     "Changing an `ARCHS` spec that a committed run was trained with makes this fail: register a new name instead"
     model = load_model(run/'weights.pth')[0]
     assert count_params(model) == json.loads((run/'metrics.json').read_text())['params']
+
+@pytest.mark.parametrize('run', [r for r in RUNS if (r/'model.pkl').exists()], ids=lambda r: str(r.relative_to(RESULTS)))
+def test_model_meets_rules(run):
+    "Every committed model, candidates outside `ARCHS` included, meets the rules with the parameters its `metrics.json` records"
+    m = json.loads((run/'metrics.json').read_text())
+    found = check_rules(load_model(run/'model.pkl')[0], ARCH_BUDGETS.get(m['arch'], 200_000))
+    assert (found['params'], found['receptive_field']) == (m['params'], m['receptive_field'])
 
 @pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
 def test_metrics_match_history(run):
