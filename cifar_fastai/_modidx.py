@@ -115,4 +115,5 @@ d = { 'settings': { 'branch': 'main',
                                     'cifar_fastai.train.summarize_runs': ('train.html#summarize_runs', 'cifar_fastai/train.py'),
                                     'cifar_fastai.train.train': ('train.html#train', 'cifar_fastai/train.py'),
                                     'cifar_fastai.train.tta_accuracy': ('train.html#tta_accuracy', 'cifar_fastai/train.py'),
+                                    'cifar_fastai.train.tta_views': ('train.html#tta_views', 'cifar_fastai/train.py'),
                                     'cifar_fastai.train.versions': ('train.html#versions', 'cifar_fastai/train.py')}}}

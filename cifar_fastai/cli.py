@@ -56,7 +56,7 @@ def save_json(fname, obj):
 @call_parse
 def cifar_train(
     data:str=None, # CIFAR-10 folder or .tgz in fastai's layout (default: $CIFAR10_DATA, else download)
-    arch:str='default', # model variant: default, base, dilated, small or tiny
+    arch:str='default', # model variant: default, deep, base, dilated, small or tiny
     epochs:int=40, # epochs of the one-cycle schedule
     lr:float=None, # peak learning rate (default: the LR finder's valley suggestion)
     bs:int=128, # batch size
@@ -109,6 +109,7 @@ def cifar_eval(
     data:str=None, # CIFAR-10 folder or .tgz (default: $CIFAR10_DATA, else download)
     bs:int=128, # batch size
     tta:store_true=False, # average each image's probabilities with its mirror image's
+    shift:int=0, # with --tta, also average over both moved this many px each way (1 in the README)
     json_out:str=None, # also write the accuracies to this new JSON file
     debug:store_true=False, # show tracebacks
 ):
@@ -117,12 +118,13 @@ def cifar_eval(
         if model is None: raise DataError("pass --model the model.pkl or weights.pth of a run")
         check_new_file(json_out)
         path = get_cifar10(data)
-        acc,per_class = evaluate(*load_model(model), path, bs, tta)
-        save_json(json_out, dict(model=str(model), data=str(path), tta=tta, test_accuracy=acc,
+        acc,per_class = evaluate(*load_model(model), path, bs, tta, shift)
+        save_json(json_out, dict(model=str(model), data=str(path), tta=tta, shift=shift, test_accuracy=acc,
                                  per_class=dict(zip(per_class.cls, per_class.accuracy))))
         per_class['accuracy'] = (100*per_class.accuracy).map('{:.2f}%'.format)
         print(per_class.to_string(index=False))
-        print(f"test accuracy{' with mirror TTA' if tta else ''}: {100*acc:.2f}%")
+        how = '' if not tta else ' with mirror+shift TTA' if shift else ' with mirror TTA'
+        print(f"test accuracy{how}: {100*acc:.2f}%")
 
 # %% ../nbs/04_cli.ipynb #6a9325ca
 @call_parse

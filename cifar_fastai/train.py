@@ -16,7 +16,7 @@ from .model import check_arch, count_macs, count_params, get_model, receptive_fi
 __all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
            'StopOnNaN', 'RunExists', 'check_out_dir', 'versions', 'command_line', 'device_name', 'run_devices',
            'plot_history', 'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run', 'load_model',
-           'load_images', 'predict_probs', 'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
+           'load_images', 'tta_views', 'predict_probs', 'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
@@ -290,35 +290,45 @@ def load_images(fns, size=32) -> Tensor:
     return torch.stack(ims)
 
 # %% ../nbs/03_train.ipynb #7716cc44
-def predict_probs(model, stats, fns, bs=128, tta=False) -> Tensor:
-    "Class probabilities of `model` for the image files `fns`, normalised as in training; `tta` averages in the mirror images'"
+def tta_views(x, shift=0) -> list:
+    "Batch `x` and its mirror image, and with `shift` both moved `shift` px left, right, up and down (edges reflected)"
+    h,w = x.shape[-2:]
+    if not 0 <= shift < min(h,w)//2: raise ValueError(f"a shift of {shift} px is out of range: pass --shift 1 (pixels, below {min(h,w)//2})")
+    views = [x, x.flip(-1)]
+    if shift == 0: return views
+    padded = F.pad(x, (shift,)*4, mode='reflect')
+    moved = [padded[..., shift+dy:shift+dy+h, shift+dx:shift+dx+w] for dx,dy in ((shift,0),(-shift,0),(0,shift),(0,-shift))]
+    return views + moved + [o.flip(-1) for o in moved]
+
+def predict_probs(model, stats, fns, bs=128, tta=False, shift=0) -> Tensor:
+    "Class probabilities of `model` for the image files `fns`, normalised as in training; `tta` averages over `tta_views(x, shift)`"
+    if shift and not tta: raise ValueError(f"a shift of {shift} px is test-time augmentation: pass --tta with --shift")
     mean,std = (tensor(o).view(1,3,1,1) for o in stats)
     probs = []
     with torch.no_grad():
         for chunk in chunked(fns, bs):
             x = (load_images(chunk).float()/255 - mean)/std
-            p = model(x).float().softmax(-1)
-            if tta: p = (p + model(x.flip(-1)).float().softmax(-1))/2
-            probs.append(p)
+            views = tta_views(x, shift) if tta else [x]
+            probs.append(torch.stack([model(v).float().softmax(-1) for v in views]).mean(0))
     return torch.cat(probs)
 
 # %% ../nbs/03_train.ipynb #fe253c50
-def evaluate(model, vocab, stats, data=None, bs=128, tta=False) -> tuple:
-    "Test accuracy of `model` on the test split of `data` (`tta`: with mirror-image averaging), and a per-class table"
+def evaluate(model, vocab, stats, data=None, bs=128, tta=False, shift=0) -> tuple:
+    "Test accuracy of `model` on the test split of `data` (`tta`: averaged over `tta_views` with `shift`), and a per-class table"
     path = get_cifar10(data)
     fns = get_image_files(path/'test')
     classes = sorted({parent_label(o) for o in fns})
     if classes != list(vocab): raise DataError(f"the test classes in {path} ({', '.join(classes)}) are not the model's ({', '.join(vocab)})")
     targs = tensor([vocab.index(parent_label(o)) for o in fns])
-    correct = predict_probs(model, stats, fns, bs, tta).argmax(-1)==targs
+    correct = predict_probs(model, stats, fns, bs, tta, shift).argmax(-1)==targs
     per_class = pd.DataFrame(dict(cls=vocab, images=[int((targs==i).sum()) for i in range(len(vocab))],
                                   accuracy=[correct[targs==i].float().mean().item() for i in range(len(vocab))]))
     return correct.float().mean().item(),per_class
 
 # %% ../nbs/03_train.ipynb #0cb468b5
-def tta_accuracy(run) -> float:
-    "Test accuracy with mirror TTA recorded in `run/eval-tta.json` by `cifar_eval --tta --json_out`, else NaN"
-    f = Path(run)/'eval-tta.json'
+def tta_accuracy(run, fname='eval-tta.json') -> float:
+    "Test accuracy with TTA recorded in `run/fname` by `cifar_eval --tta [--shift 1] --json_out`, else NaN"
+    f = Path(run)/fname
     return json.loads(f.read_text())['test_accuracy'] if f.exists() else np.nan
 
 def _pct(v) -> str:
@@ -335,6 +345,7 @@ def runs_table(path='results', link=True) -> pd.DataFrame:
                      'params': f"{m['params']:,}", 'RF': m['receptive_field'], 'MMACs': round(m['macs']/1e6, 1),
                      'train images': f"{m['train_images']:,}", 'epochs': m['epochs'], 'best test acc': _pct(m['best_test_accuracy']),
                      'final test acc': _pct(m['test_accuracy']), 'with mirror TTA': _pct(tta_accuracy(f.parent)),
+                     'with mirror+shift TTA': _pct(tta_accuracy(f.parent, 'eval-tta-shift.json')),
                      'wall time': f"{m['seconds']/60:.0f} min", 'hardware': m['device']})
     return pd.DataFrame(rows)
 
@@ -345,8 +356,10 @@ def summarize_runs(path) -> pd.DataFrame:
     for f in sorted(Path(path).rglob('metrics.json')):
         m = json.loads(f.read_text())
         rows.append(dict(variant=re.sub(r'-s\d+$', '', f.parent.relative_to(path).as_posix()), arch=m['arch'], params=m['params'], epochs=m['epochs'],
-                         acc=m['test_accuracy'], tta=tta_accuracy(f.parent), minutes=m['seconds']/60))
+                         acc=m['test_accuracy'], tta=tta_accuracy(f.parent),
+                         tta_shift=tta_accuracy(f.parent, 'eval-tta-shift.json'), minutes=m['seconds']/60))
     g = pd.DataFrame(rows).groupby('variant', sort=False)
     return pd.DataFrame({'arch': g.arch.first(), 'params': g.params.first().map('{:,}'.format), 'epochs': g.epochs.first(),
                          'runs': g.size(), 'mean test acc': g.acc.mean().map(_pct), 'min': g.acc.min().map(_pct), 'max': g.acc.max().map(_pct),
-                         'mean with mirror TTA': g.tta.mean().map(_pct), 'minutes per run': g.minutes.mean().round(1)}).reset_index()
+                         'mean with mirror TTA': g.tta.mean().map(_pct),
+                         'mean with mirror+shift TTA': g.tta_shift.mean().map(_pct), 'minutes per run': g.minutes.mean().round(1)}).reset_index()

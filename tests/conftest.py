@@ -278,6 +278,8 @@ def bad_input_cases(d, p):
         'predict_image_missing': ('cifar_predict', ['--model', p['good_pth'], p['missing_img']], ['nothere.png', 'image']),
         'predict_not_image':     ('cifar_predict', ['--model', p['good_pth'], p['bad_img']], ['notimage.png', 'image']),
         'eval_json_exists':      ('cifar_eval', ['--model', p['good_pth'], '--data', d, '--json_out', p['old_json']], ['old.json', 'already exists', '--json_out']),
+        'eval_shift_no_tta':     ('cifar_eval', ['--model', p['good_pth'], '--data', d, '--shift', '1'], ['shift', '--tta']),
+        'eval_shift_16':         ('cifar_eval', ['--model', p['good_pth'], '--data', d, '--tta', '--shift', '16'], ['16', 'out of range', '--shift']),
         'bench_json_exists':     ('cifar_bench', ['--data', d, '--json_out', p['old_json']], ['old.json', 'already exists', '--json_out']),
     }
 

@@ -67,13 +67,15 @@ def test_eval_matches_metrics(cli, trained_run, fake_data, model):
     assert mo.group(1) == f"{100*m['test_accuracy']:.2f}", f"cifar_eval {model} disagrees with metrics.json: {r!r}"
     for c in cifar_classes(): assert c in r.out, f"no per-class line for {c}"
 
-def test_eval_tta_json(cli, trained_run, fake_data, tmp_path):
+@pytest.mark.parametrize('shift,kind', [(0, 'mirror'), (1, 'mirror+shift')])
+def test_eval_tta_json(cli, trained_run, fake_data, tmp_path, shift, kind):
     _,run = trained_run
-    r = cli.run('cifar_eval', '--model', run/'weights.pth', '--data', fake_data, '--tta', '--json_out', tmp_path/'eval.json').ok()
-    mo = re.search(r'test accuracy with mirror TTA: ([\d.]+)%', r.out)
-    assert mo, f"no 'test accuracy with mirror TTA: NN.NN%' line: {r!r}"
+    r = cli.run('cifar_eval', '--model', run/'weights.pth', '--data', fake_data, '--tta', '--shift', str(shift), '--json_out', tmp_path/'eval.json').ok()
+    mo = re.search(rf'test accuracy with {re.escape(kind)} TTA: ([\d.]+)%', r.out)
+    assert mo, f"no 'test accuracy with {kind} TTA: NN.NN%' line: {r!r}"
     res = json.loads((tmp_path/'eval.json').read_text())
-    assert res['tta'] is True and mo.group(1) == f"{100*res['test_accuracy']:.2f}", f"eval.json disagrees with the output: {res}"
+    assert res['tta'] is True and res['shift'] == shift, f"eval.json does not record --tta --shift {shift}: {res}"
+    assert mo.group(1) == f"{100*res['test_accuracy']:.2f}", f"eval.json disagrees with the output: {res}"
     assert sorted(res['per_class']) == sorted(cifar_classes())
 
 def test_predict(cli, trained_run, fake_data):
@@ -118,7 +120,7 @@ def _options(tool):
 # the options each tool has today (a floor: the signature may add more)
 KNOWN_OPTIONS = dict(
     cifar_train='data arch epochs lr bs seed subset out label_smoothing wd num_workers strict force resume stop_after debug',
-    cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs tta json_out debug', cifar_predict='images model debug',
+    cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model debug',
     cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers json_out debug')
 
 @pytest.mark.parametrize('tool', TOOLS)

@@ -3,7 +3,7 @@ and each model meets the assignment's rules"""
 import csv, json
 from pathlib import Path
 import pytest
-from cifar_fastai.model import ARCH_BUDGETS, check_rules, count_params
+from cifar_fastai.model import ARCH_BUDGETS, check_rules, count_params, get_model
 from cifar_fastai.train import load_model
 
 RESULTS = Path(__file__).resolve().parents[1]/'results'
@@ -14,6 +14,14 @@ def test_weights_load_under_recorded_arch(run):
     "Changing an `ARCHS` spec that a committed run was trained with makes this fail: register a new name instead"
     model = load_model(run/'weights.pth')[0]
     assert count_params(model) == json.loads((run/'metrics.json').read_text())['params']
+
+@pytest.mark.parametrize('run', [r for r in RUNS if r.parent.name=='candidates'], ids=lambda r: r.name)
+def test_candidate_is_registered_arch(run):
+    "The candidates' networks, trained before their arch was registered, are the registered arch's: same layers, same weights"
+    model = load_model(run/'model.pkl')[0]
+    registered = get_model(json.loads((run/'metrics.json').read_text())['arch'])
+    assert repr(registered) == repr(model)
+    registered.load_state_dict(model.state_dict())
 
 @pytest.mark.parametrize('run', [r for r in RUNS if (r/'model.pkl').exists()], ids=lambda r: str(r.relative_to(RESULTS)))
 def test_model_meets_rules(run):

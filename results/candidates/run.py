@@ -1,25 +1,28 @@
-"""Runs on the full data (the JPEG copy in ../shared/data) of architectures not registered in `ARCHS`: the candidate
-is added to `ARCHS` for this process, trained with `train` (the same code as `cifar_train`), and evaluated from its
-`model.pkl` (which loads anywhere, as it pickles the model itself), plainly and with mirror TTA. Its `weights.pth` is
-removed: it loads only under a registered arch.
+"""Runs of candidate architectures on the full data (the JPEG copy in ../shared/data): each is trained with `train`
+(the same code as `cifar_train`) and evaluated from its `model.pkl`, plainly, with mirror TTA and with mirror+shift
+TTA. Every run here is of `deep`, `default` with a third residual pair in C1 and a second in C2. It was defined in
+this script (`ARCHS['deep'] = partial(CifarNet, ...)`, as a new candidate would be), and its runs' `weights.pth`
+removed, until it was registered in `ARCHS`; a `model.pkl` loads anywhere, as it pickles the model itself.
 Usage, from the repository root: python results/candidates/run.py ARCH EPOCHS results/candidates/NAME [key=value ...]
-where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64)."""
+where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64; resume=results/candidates/NAME continues an
+interrupted run)."""
 import json, sys
-from functools import partial
 from pathlib import Path
 from cifar_fastai.data import get_cifar10
-from cifar_fastai.model import ARCHS, CifarNet
 from cifar_fastai.train import evaluate, load_model, train
 
-# `default` with a third residual pair in C1 (32x32) and a second in C2 (16x16): depth where the images are large
-ARCHS['deep'] = partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride', n_res=(3,2,1,1))
+def value(v):
+    "`v` as an int or a float where it reads as one, else as it is (a path)"
+    for t in (int, float):
+        try: return t(v)
+        except ValueError: pass
+    return v
 
 arch,epochs,out = sys.argv[1],int(sys.argv[2]),Path(sys.argv[3])
-kw = {k:float(v) if '.' in v or 'e-' in v else int(v) for k,v in (o.split('=') for o in sys.argv[4:])}
+kw = {k:value(v) for k,v in (o.split('=') for o in sys.argv[4:])}
 data = get_cifar10('../shared/data/cifar10_jpeg.tgz')
 train(data, arch=arch, epochs=epochs, out=out, progress=False, **kw)
-for tta in (False, True):
-    acc,_ = evaluate(*load_model(out/'model.pkl'), data, tta=tta)
-    (out/f"eval{'-tta' if tta else ''}.json").write_text(json.dumps(dict(tta=tta, test_accuracy=acc), indent=2))
-    print(f"{arch}: test accuracy{' with mirror TTA' if tta else ''} {100*acc:.2f}%", flush=True)
-(out/'weights.pth').unlink()
+for name,tta,shift in (('eval', False, 0), ('eval-tta', True, 0), ('eval-tta-shift', True, 1)):
+    acc,_ = evaluate(*load_model(out/'model.pkl'), data, tta=tta, shift=shift)
+    (out/f"{name}.json").write_text(json.dumps(dict(tta=tta, shift=shift, test_accuracy=acc), indent=2))
+    print(f"{arch}: test accuracy ({name}) {100*acc:.2f}%", flush=True)
