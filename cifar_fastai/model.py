@@ -73,13 +73,13 @@ class CifarNet(nn.Sequential):
 
 # %% ../nbs/02_model.ipynb #b153ff73
 ARCHS = {
-    'default': partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride', n_res=(2,1,1,1)),
-    'deep':    partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride', n_res=(3,2,1,1)),
-    'base':    partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride'),
-    'dilated': partial(CifarNet, widths=(16,32,64,128), kinds=('conv','sep','dilated','sep'), down='dilated', dilations=(4,4,4)),
-    'small':   partial(CifarNet, widths=(16,32,48,96), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
+    'default':    partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride', n_res=(2,1,1,1)),
+    'deep':       partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride', n_res=(3,2,1,1)),
+    'base':       partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride'),
+    'dilated':    partial(CifarNet, widths=(16,32,64,128), kinds=('conv','sep','dilated','sep'), down='dilated', dilations=(4,4,4)),
+    'small':      partial(CifarNet, widths=(16,32,48,96), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
     'small_deep': partial(CifarNet, widths=(16,32,56,96), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(1,2,1,1)),
-    'tiny':    partial(CifarNet, widths=(8,16,32,64), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
+    'tiny':       partial(CifarNet, widths=(8,16,32,64), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
 }
 ARCH_BUDGETS = {'default': 200_000, 'deep': 200_000, 'base': 200_000, 'dilated': 200_000, 'small': 50_000, 'small_deep': 50_000, 'tiny': 20_000}
 

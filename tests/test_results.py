@@ -17,7 +17,7 @@ def test_weights_load_under_recorded_arch(run):
 
 @pytest.mark.parametrize('run', [r for r in RUNS if r.parent.name=='candidates'], ids=lambda r: r.name)
 def test_candidate_is_registered_arch(run):
-    "The candidates' networks, trained before their arch was registered, are the registered arch's: same layers, same weights"
+    "The candidates' networks (`deep`'s trained before it was registered) are the registered arch's: same layers, same weights"
     model = load_model(run/'model.pkl')[0]
     registered = get_model(json.loads((run/'metrics.json').read_text())['arch'])
     assert repr(registered) == repr(model)
@@ -25,7 +25,7 @@ def test_candidate_is_registered_arch(run):
 
 @pytest.mark.parametrize('run', [r for r in RUNS if (r/'model.pkl').exists()], ids=lambda r: str(r.relative_to(RESULTS)))
 def test_model_meets_rules(run):
-    "Every committed model, candidates outside `ARCHS` included, meets the rules with the parameters its `metrics.json` records"
+    "Every committed model meets the rules with the parameters its `metrics.json` records"
     m = json.loads((run/'metrics.json').read_text())
     found = check_rules(load_model(run/'model.pkl')[0], ARCH_BUDGETS.get(m['arch'], 200_000))
     assert (found['params'], found['receptive_field']) == (m['params'], m['receptive_field'])
