@@ -80,8 +80,9 @@ ARCHS = {
     'small':      partial(CifarNet, widths=(16,32,48,96), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
     'small_deep': partial(CifarNet, widths=(16,32,56,96), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(1,2,1,1)),
     'tiny':       partial(CifarNet, widths=(8,16,32,64), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
+    'tiny_deep':  partial(CifarNet, widths=(16,24,32,44), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(1,2,1,1)),
 }
-ARCH_BUDGETS = {'default': 200_000, 'deep': 200_000, 'base': 200_000, 'dilated': 200_000, 'small': 50_000, 'small_deep': 50_000, 'tiny': 20_000}
+ARCH_BUDGETS = {'default': 200_000, 'deep': 200_000, 'base': 200_000, 'dilated': 200_000, 'small': 50_000, 'small_deep': 50_000, 'tiny': 20_000, 'tiny_deep': 20_000}
 
 # %% ../nbs/02_model.ipynb #70e8b47e
 def count_params(model) -> int:
