@@ -56,7 +56,7 @@ def save_json(fname, obj):
 @call_parse
 def cifar_train(
     data:str=None, # CIFAR-10 folder or .tgz in fastai's layout (default: $CIFAR10_DATA, else download)
-    arch:str='default', # model variant: default, deep, base, dilated, small, small_deep, tiny or tiny_deep
+    arch:str='default', # model variant: default, deep, base, dilated, small, small_deep, tiny, tiny_deep or tiny_sep
     epochs:int=40, # epochs of the one-cycle schedule
     lr:float=None, # peak learning rate (default: the LR finder's valley suggestion)
     bs:int=128, # batch size

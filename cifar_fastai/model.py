@@ -61,7 +61,7 @@ class CifarNet(nn.Sequential):
                  dilations=(4,4,4), n_res=(1,1,1,1), n_in=3, n_out=10):
         ni,blocks = n_in,OrderedDict()
         for i,(nf,kind,nr) in enumerate(zip(widths, kinds, n_res)):
-            blocks[f'c{i+1}'] = cifar_block(ni, nf, 'conv' if i==0 else kind, down=None if i==0 else down,
+            blocks[f'c{i+1}'] = cifar_block(ni, nf, kind, down=None if i==0 else down,
                                             dilation=dilations[i-1] if i else 1, n_res=nr)
             ni = nf
         blocks['head'] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(ni, n_out, 1), Flatten())
@@ -81,8 +81,9 @@ ARCHS = {
     'small_deep': partial(CifarNet, widths=(16,32,56,96), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(1,2,1,1)),
     'tiny':       partial(CifarNet, widths=(8,16,32,64), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
     'tiny_deep':  partial(CifarNet, widths=(16,24,32,44), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(1,2,1,1)),
+    'tiny_sep':   partial(CifarNet, widths=(16,28,36,48), kinds=('sep','sep','sep_dilated','sep'), down='stride', n_res=(1,2,1,1)),
 }
-ARCH_BUDGETS = {'default': 200_000, 'deep': 200_000, 'base': 200_000, 'dilated': 200_000, 'small': 50_000, 'small_deep': 50_000, 'tiny': 20_000, 'tiny_deep': 20_000}
+ARCH_BUDGETS = {'default': 200_000, 'deep': 200_000, 'base': 200_000, 'dilated': 200_000, 'small': 50_000, 'small_deep': 50_000, 'tiny': 20_000, 'tiny_deep': 20_000, 'tiny_sep': 20_000}
 
 # %% ../nbs/02_model.ipynb #70e8b47e
 def count_params(model) -> int:

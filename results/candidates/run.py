@@ -4,7 +4,8 @@ TTA. The `deep-*` runs are of `deep`, `default` with a third residual pair in C1
 in this script (`ARCHS['deep'] = partial(CifarNet, ...)`, as a new candidate would be), and its runs' `weights.pth`
 removed, until it was registered in `ARCHS`; a `model.pkl` loads anywhere, as it pickles the model itself. The
 `small_deep-*` runs are of `small_deep`, `small` with a second residual pair in C2 and C3 56 wide, registered first,
-and the `tiny_deep-*` runs of `tiny_deep`, the same layers at widths 16, 24, 32, 44 (under 20k parameters).
+the `tiny_deep-*` runs of `tiny_deep`, the same layers at widths 16, 24, 32, 44 (under 20k parameters), and the
+`tiny_sep-*` runs of `tiny_sep`, `tiny_deep` with C1's residual pair separable too and widths 16, 28, 36, 48.
 Usage, from the repository root: python results/candidates/run.py ARCH EPOCHS results/candidates/NAME [key=value ...]
 where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64; resume=results/candidates/NAME continues an
 interrupted run)."""
