@@ -7,8 +7,8 @@ removed, until it was registered in `ARCHS`; a `model.pkl` loads anywhere, as it
 the `tiny_deep-*` runs of `tiny_deep`, the same layers at widths 16, 24, 32, 44 (under 20k parameters), and the
 `tiny_sep-*` runs of `tiny_sep`, `tiny_deep` with C1's residual pair separable too and widths 16, 28, 36, 48.
 Usage, from the repository root: python results/candidates/run.py ARCH EPOCHS results/candidates/NAME [key=value ...]
-where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64; resume=results/candidates/NAME continues an
-interrupted run)."""
+where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64; stop_after=N stops after N epochs of the
+schedule and resume=results/candidates/NAME continues a stopped or interrupted run, so one run can span sessions)."""
 import json, sys
 from pathlib import Path
 from cifar_fastai.data import get_cifar10
@@ -24,7 +24,10 @@ def value(v):
 arch,epochs,out = sys.argv[1],int(sys.argv[2]),Path(sys.argv[3])
 kw = {k:value(v) for k,v in (o.split('=') for o in sys.argv[4:])}
 data = get_cifar10('../shared/data/cifar10_jpeg.tgz')
-train(data, arch=arch, epochs=epochs, out=out, progress=False, **kw)
+m = train(data, arch=arch, epochs=epochs, out=out, progress=False, **kw)
+if 'stopped_after' in m:
+    print(f"{arch}: stopped after epoch {m['stopped_after']}; continue with: python {' '.join(sys.argv[:4])} resume={out}")
+    sys.exit()
 for name,tta,shift in (('eval', False, 0), ('eval-tta', True, 0), ('eval-tta-shift', True, 1)):
     acc,_ = evaluate(*load_model(out/'model.pkl'), data, tta=tta, shift=shift)
     (out/f"{name}.json").write_text(json.dumps(dict(tta=tta, shift=shift, test_accuracy=acc), indent=2))
