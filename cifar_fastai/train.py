@@ -187,6 +187,8 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         if (out/'metrics.json').exists(): raise RunExists(f"{out} holds a finished run: nothing to resume")
         if not (out/'checkpoint.pth').exists(): raise DataError(f"{out} has no checkpoint.pth to resume from: start a new run with --out")
         cfg = json.loads((out/'run.json').read_text())
+        if data is not None: cfg['data'] = str(get_cifar10(data))
+        elif not Path(cfg['data']).exists(): raise DataError(f"{cfg['data']}, this run's data, is gone: pass --data a CIFAR-10 folder or .tgz to resume it")
         state = torch.load(out/'checkpoint.pth', map_location='cpu', weights_only=False) # our own file: it holds the RNG states
     else:
         check_arch(arch)
