@@ -14,9 +14,10 @@ from .model import check_arch, count_macs, count_params, get_model, receptive_fi
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
-           'StopOnNaN', 'RunExists', 'check_out_dir', 'versions', 'command_line', 'device_name', 'run_devices',
-           'plot_history', 'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run', 'load_model',
-           'load_images', 'tta_views', 'predict_probs', 'evaluate', 'tta_accuracy', 'runs_table', 'summarize_runs']
+           'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'command_line', 'device_name',
+           'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run',
+           'load_model', 'load_images', 'tta_views', 'predict_probs', 'evaluate', 'tta_accuracy', 'runs_table',
+           'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
@@ -115,6 +116,11 @@ def check_out_dir(out, force=False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     return out
 
+# %% ../nbs/03_train.ipynb #651d6395
+def data_summary(dls) -> dict:
+    "The classes and image counts of `dls`: a run records them, so that it is resumed on the same data"
+    return dict(vocab=list(dls.vocab), train_images=len(dls.train_ds), test_images=len(dls.valid_ds))
+
 # %% ../nbs/03_train.ipynb #26ea4095
 def versions() -> dict:
     "Versions of the libraries a run depends on"
@@ -205,6 +211,9 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
     if stop_after is not None and not 0 < stop_after < cfg['epochs']: raise ValueError(f"stop_after must be between 1 and {cfg['epochs']-1}")
     if cfg['seed'] is not None: set_seed(cfg['seed'], reproducible=True)
     dls = cifar_dls(cfg['data'], bs=cfg['bs'], subset=cfg['subset'], seed=cfg['seed'], num_workers=num_workers, strict=strict)
+    seen = data_summary(dls)
+    differ = [f"{k} {v}, not {cfg[k]}" for k,v in seen.items() if cfg.setdefault(k, v)!=v] # setdefault: a new run records them
+    if differ: raise DataError(f"{cfg['data']} is not this run's data ({'; '.join(differ)}): pass --data the copy of CIFAR-10 it started on")
     learn = cifar_learner(dls, cfg['arch'], label_smoothing=cfg['label_smoothing'], wd=cfg['wd'], path=out)
     learn.logger = noop # `RunLogger` prints one line per epoch instead of fastai's table
     bars_only_on_terminal(learn, progress)
@@ -248,9 +257,9 @@ def finish_run(learn, out, cfg, history) -> dict:
                    best_epoch=int(h.epoch[h.test_accuracy.idxmax()]), test_loss=float(h.test_loss.iloc[-1]),
                    params=count_params(learn.model), receptive_field=int(receptive_field(learn.model).rf.iloc[-1]),
                    macs=count_macs(learn.model), epochs=int(h.epoch.iloc[-1]),
-                   train_images=len(learn.dls.train_ds), test_images=len(learn.dls.valid_ds),
+                   **data_summary(learn.dls),
                    seconds=round(float(h.seconds.sum()), 1), epoch_seconds=round(float(h.seconds.mean()), 1),
-                   device=run_devices(history), vocab=list(learn.dls.vocab), stats=[mean, std],
+                   device=run_devices(history), stats=[mean, std],
                    versions=versions(), command=' '.join(cfg['argv']))
     metrics = {**{k:v for k,v in cfg.items() if k!='argv'}, **metrics}
     save_atomic(out/'metrics.json', lambda f: f.write_text(json.dumps(metrics, indent=2, default=str)))
