@@ -212,7 +212,8 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
     if cfg['seed'] is not None: set_seed(cfg['seed'], reproducible=True)
     dls = cifar_dls(cfg['data'], bs=cfg['bs'], subset=cfg['subset'], seed=cfg['seed'], num_workers=num_workers, strict=strict)
     seen = data_summary(dls)
-    differ = [f"{k} {v}, not {cfg[k]}" for k,v in seen.items() if cfg.setdefault(k, v)!=v] # setdefault: a new run records them
+    if state is None: cfg.update(seen)
+    differ = [f"{k} {v}, not {cfg[k]}" for k,v in seen.items() if cfg.get(k, v)!=v] # a run from before they were recorded has none
     if differ: raise DataError(f"{cfg['data']} is not this run's data ({'; '.join(differ)}): pass --data the copy of CIFAR-10 it started on")
     learn = cifar_learner(dls, cfg['arch'], label_smoothing=cfg['label_smoothing'], wd=cfg['wd'], path=out)
     learn.logger = noop # `RunLogger` prints one line per epoch instead of fastai's table
