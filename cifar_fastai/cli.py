@@ -70,12 +70,16 @@ def cifar_train(
     force:store_true=False, # overwrite a run folder that already holds results
     resume:str=None, # continue the interrupted run in this folder (its settings are reused; --data if its data has moved)
     stop_after:int=None, # stop after this many epochs of the schedule, leaving a checkpoint for --resume
+    teacher:str=None, # a run's model.pkl or weights.pth to learn from as well as from the labels (knowledge distillation)
+    temperature:float=4., # with --teacher, the temperature that softens both models' predictions
+    teacher_weight:float=0.9, # with --teacher, the weight of the teacher's part of the loss (the labels' is 1 minus it)
     debug:store_true=False, # show tracebacks
 ):
     "Train a C1C2C3C4 model on CIFAR-10 with fastai's one-cycle policy and write the run folder"
     out = resume or out or default_out(arch)
     with cli_errors(debug, out):
-        m = train(data, arch, epochs, lr, bs, seed, subset, out, label_smoothing, wd, num_workers, strict, force, resume, stop_after)
+        m = train(data, arch, epochs, lr, bs, seed, subset, out, label_smoothing, wd, num_workers, strict, force, resume, stop_after,
+                  teacher, temperature, teacher_weight)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
         else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "
                     f"{m['params']:,} params, {m['seconds']:.0f}s; results in {out}")

@@ -16,8 +16,8 @@ from .model import check_arch, count_macs, count_params, get_model, receptive_fi
 __all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
            'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'command_line', 'device_name',
            'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run',
-           'load_model', 'load_images', 'tta_views', 'predict_probs', 'evaluate', 'tta_accuracy', 'runs_table',
-           'summarize_runs']
+           'load_model', 'load_images', 'tta_views', 'predict_probs', 'evaluate', 'distill_loss', 'Distill',
+           'distill_from', 'tta_accuracy', 'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
@@ -186,8 +186,8 @@ def _find_lr(learn, out):
 # %% ../nbs/03_train.ipynb #1cafce8c
 def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, out='runs/default',
           label_smoothing=0.1, wd=0.05, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
-          verbose=True, progress=None) -> dict:
-    "Train `arch` on CIFAR-10 with one-cycle (LR from the finder when `lr` is None); write the run folder `out`; return its metrics"
+          teacher=None, temperature=4., teacher_weight=0.9, verbose=True, progress=None) -> dict:
+    "Train `arch` on CIFAR-10 with one-cycle (LR from the finder when `lr` is None, learning from `teacher` too if given); write the run folder `out`; return its metrics"
     if resume is not None:
         out = Path(resume)
         if (out/'metrics.json').exists(): raise RunExists(f"{out} holds a finished run: nothing to resume")
@@ -195,6 +195,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         cfg = json.loads((out/'run.json').read_text())
         if data is not None: cfg['data'] = str(get_cifar10(data))
         elif not Path(cfg['data']).exists(): raise DataError(f"{cfg['data']}, this run's data, is gone: pass --data a CIFAR-10 folder or .tgz to resume it")
+        if teacher is not None: cfg['teacher'] = str(teacher)
         state = torch.load(out/'checkpoint.pth', map_location='cpu', weights_only=False) # our own file: it holds the RNG states
     else:
         check_arch(arch)
@@ -202,11 +203,14 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         if bs < 1: raise ValueError(f"bs must be at least 1, got {bs}")
         if lr is not None and not 0 < lr < 10: raise ValueError(f"lr must be in (0, 10), got {lr}: try 1e-3 to 1e-2, or leave it out to use the LR finder")
         if subset is not None and not 0 < subset <= 1: raise ValueError(f"subset must be a fraction in (0, 1], got {subset}")
+        if not (temperature > 0 and 0 < teacher_weight <= 1):
+            raise ValueError(f"temperature must be above 0 and teacher_weight in (0, 1], got {temperature} and {teacher_weight}")
         path = get_cifar10(data)
         out = check_out_dir(out, force)
         for f in RUN_FILES: (out/f).unlink(missing_ok=True)
         cfg = dict(data=str(path), arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset,
-                   label_smoothing=label_smoothing, wd=wd, argv=sys.argv)
+                   label_smoothing=label_smoothing, wd=wd,
+                   teacher=None if teacher is None else str(teacher), temperature=temperature, teacher_weight=teacher_weight, argv=sys.argv)
         state = None
     if stop_after is not None and not 0 < stop_after < cfg['epochs']: raise ValueError(f"stop_after must be between 1 and {cfg['epochs']-1}")
     if cfg['seed'] is not None: set_seed(cfg['seed'], reproducible=True)
@@ -215,6 +219,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
     if state is None: cfg.update(seen)
     differ = [f"{k} {v}, not {cfg[k]}" for k,v in seen.items() if cfg.get(k, v)!=v] # a run from before they were recorded has none
     if differ: raise DataError(f"{cfg['data']} is not this run's data ({'; '.join(differ)}): pass --data the copy of CIFAR-10 it started on")
+    distill = distill_from(cfg['teacher'], dls, cfg['temperature'], cfg['teacher_weight']) if cfg.get('teacher') else None
     learn = cifar_learner(dls, cfg['arch'], label_smoothing=cfg['label_smoothing'], wd=cfg['wd'], path=out)
     learn.logger = noop # `RunLogger` prints one line per epoch instead of fastai's table
     bars_only_on_terminal(learn, progress)
@@ -229,6 +234,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
     start = state['epoch'] if state else 0
     logger = RunLogger(history=state['history'] if state else None, start_epoch=start, verbose=verbose)
     cbs = [logger, Checkpoint(resume_state=state), StopOnNaN()]
+    if distill: cbs.append(distill)
     if stop_after: cbs.append(StopAfter(stop_after))
     learn.fit_one_cycle(cfg['epochs'], cfg['lr'], start_epoch=start, cbs=cbs)
     if learn.diverged:
@@ -268,10 +274,10 @@ def finish_run(learn, out, cfg, history) -> dict:
     return metrics
 
 # %% ../nbs/03_train.ipynb #567d278f
-def load_model(fname) -> tuple:
+def load_model(fname, option='--model') -> tuple:
     "`(model, vocab, stats)` from a run's `model.pkl` (a pickle: trusted files only) or `weights.pth` (safe, with its `metrics.json`)"
     fname = Path(fname)
-    if not fname.is_file(): raise DataError(f"{fname} does not exist: pass --model the model.pkl or weights.pth of a run")
+    if not fname.is_file(): raise DataError(f"{fname} does not exist: pass {option} the model.pkl or weights.pth of a run")
     if fname.suffix=='.pkl':
         try:
             with warnings.catch_warnings():
@@ -336,6 +342,33 @@ def evaluate(model, vocab, stats, data=None, bs=128, tta=False, shift=0) -> tupl
     per_class = pd.DataFrame(dict(cls=vocab, images=[int((targs==i).sum()) for i in range(len(vocab))],
                                   accuracy=[correct[targs==i].float().mean().item() for i in range(len(vocab))]))
     return correct.float().mean().item(),per_class
+
+# %% ../nbs/03_train.ipynb #1333010f
+def distill_loss(pred, teacher_pred, T=4.) -> Tensor:
+    "`T²` times the KL divergence from the softened predictions `teacher_pred` to the softened `pred`, averaged over the batch"
+    return T**2*F.kl_div(F.log_softmax(pred.float()/T, -1), F.log_softmax(teacher_pred.float()/T, -1), log_target=True, reduction='batchmean')
+
+# %% ../nbs/03_train.ipynb #63cc706d
+class Distill(Callback):
+    "Train on `teacher_weight` times `distill_loss` from the frozen `teacher` (normalised with `stats`) plus the rest of the loss"
+    def __init__(self, teacher, stats, T=4., teacher_weight=0.9): store_attr()
+    def before_fit(self):
+        dev,norm = one_param(self.model).device,self.dls.after_batch.normalize
+        mean,std = (tensor(o).view(1,-1,1,1).to(dev) for o in self.stats)
+        self.scale,self.shift = norm.std.to(dev)/std,(norm.mean.to(dev)-mean)/std # our normalisation to the teacher's
+        self.teacher.to(dev).eval()
+    def after_loss(self):
+        if not self.training: return
+        with torch.no_grad(): teacher_pred = self.teacher(self.xb[0]*self.scale + self.shift)
+        w = self.teacher_weight
+        self.learn.loss_grad = (1-w)*self.loss_grad + w*distill_loss(self.pred, teacher_pred, self.T)
+
+# %% ../nbs/03_train.ipynb #fdf46f47
+def distill_from(teacher, dls, T=4., teacher_weight=0.9) -> Distill:
+    "A `Distill` callback from the run file `teacher` (`model.pkl` or `weights.pth`), checked to know the classes of `dls`"
+    net,vocab,stats = load_model(teacher, option='--teacher')
+    if vocab!=list(dls.vocab): raise DataError(f"{teacher} was trained on other classes ({', '.join(vocab)}): pass --teacher a run on this data's classes")
+    return Distill(net, stats, T, teacher_weight)
 
 # %% ../nbs/03_train.ipynb #0cb468b5
 def tta_accuracy(run, fname='eval-tta.json') -> float:

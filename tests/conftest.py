@@ -180,6 +180,18 @@ def trained_run(trained_job) -> tuple:
     r.ok()
     return r,out
 
+# ---- a run that learns from the shared run (A: --teacher)
+def _student(cli, data, out, trained_job):
+    "Once the shared run is done, train like `full0` below (3 epochs, --lr 0.01) with its weights.pth as --teacher"
+    job,teacher = trained_job
+    job.result()
+    return cli.run('cifar_train', *train_args(data, out, 3, '--teacher', teacher/'weights.pth'))
+
+@pytest.fixture(scope='session')
+def student_job(cli, fake_data, session_dir, trained_job) -> tuple:
+    out = session_dir/'student'
+    return cli.submit_fn(_student, cli, fake_data, out, trained_job), out, trained_job[1]/'weights.pth'
+
 # ---- identical 3-epoch runs with a given LR (D: seed, stop/resume)
 def _stop_then_resume(cli, data, out, num_workers):
     "Run 3 epochs stopping after the first, note what the folder holds, then `--resume` it"
@@ -269,6 +281,8 @@ def bad_input_cases(d, p):
         'subset_1.5':     (*T('--subset', '1.5'), ['subset', '1.5']),
         'arch_train':     (*T('--arch', 'resnet9000'), ['resnet9000', 'tiny']),
         'arch_summary':   ('cifar_summary', ['--arch', 'resnet9000'], ['resnet9000', 'tiny']),
+        'teacher_missing':(*T('--teacher', p['missing']/'model.pkl'), ['model.pkl', 'does not exist', '--teacher']),
+        'teacher_weight_2':(*T('--teacher', p['good_pth'], '--teacher_weight', '2'), ['teacher_weight', '2']),
         'eval_model_missing':    ('cifar_eval', ['--model', p['missing']/'model.pkl', '--data', d], ['model.pkl', 'does not exist', '--model']),
         'predict_model_missing': ('cifar_predict', ['--model', p['missing']/'model.pkl', p['good_img']], ['model.pkl', 'does not exist', '--model']),
         'eval_random_pkl':       ('cifar_eval', ['--model', p['rand_pkl'], '--data', d], ['model.pkl', 'not a model']),
@@ -337,7 +351,7 @@ def relative_out_job(cli, fake_data, session_dir):
     return cli.submit('cifar_train', *train_args(fake_data, 'myrun', 1), cwd=cwd), cwd/'myrun'
 
 # the fixtures whose commands are started at the beginning of the session, in this order, when a collected test uses them
-PRESTART = ('trained_job', 'bad_input_jobs', 'help_jobs', 'repeat_jobs', 'corrupt_jobs', 'nan_job', 'lr_find_job',
+PRESTART = ('trained_job', 'bad_input_jobs', 'help_jobs', 'repeat_jobs', 'student_job', 'corrupt_jobs', 'nan_job', 'lr_find_job',
             'summary_job', 'relative_out_job')
 
 @pytest.fixture(scope='session', autouse=True)

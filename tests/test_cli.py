@@ -119,7 +119,7 @@ def _options(tool):
 
 # the options each tool has today (a floor: the signature may add more)
 KNOWN_OPTIONS = dict(
-    cifar_train='data arch epochs lr bs seed subset out label_smoothing wd num_workers strict force resume stop_after debug',
+    cifar_train='data arch epochs lr bs seed subset out label_smoothing wd num_workers strict force resume stop_after teacher temperature teacher_weight debug',
     cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model debug',
     cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers json_out debug')
 
@@ -137,6 +137,17 @@ def test_train_relative_out(relative_out_job):
     r = job.result()
     assert r.rc==0, f"training into a relative --out failed: {r!r}"
     for f in ('model.pkl', 'weights.pth', 'metrics.json', 'history.csv'): assert (run/f).is_file(), f
+
+def test_train_with_teacher(student_job, repeat_jobs):
+    "--teacher: the run names its teacher in metrics.json and ends elsewhere than the same run without one (`full0`)"
+    job,out,teacher = student_job
+    job.result().ok()
+    m = json.loads((out/'metrics.json').read_text())
+    assert (m['teacher'],m['temperature'],m['teacher_weight']) == (str(teacher),4.,0.9), m
+    plain = repeat_jobs['full0'].result().ok()
+    h,h0 = read_history(out),read_history(Path(plain.args[plain.args.index('--out')+1]))
+    assert list(h.epoch)==list(h0.epoch)==[1, 2, 3]
+    assert h.test_loss.iloc[-1] != pytest.approx(h0.test_loss.iloc[-1], abs=1e-6), "the teacher changed nothing"
 
 def test_same_seed_same_first_epoch(repeat_jobs):
     "Two runs with the same --seed and --lr (num_workers 0, CPU) have the same first-epoch history row"
