@@ -68,7 +68,7 @@ def cifar_train(
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     strict:store_true=False, # stop on unreadable images instead of skipping them
     force:store_true=False, # overwrite a run folder that already holds results
-    resume:str=None, # continue the interrupted run in this folder (its settings are reused; --data if its data has moved)
+    resume:str=None, # continue the interrupted run in this folder (its settings are reused; --data or --teacher if they have moved)
     stop_after:int=None, # stop after this many epochs of the schedule, leaving a checkpoint for --resume
     teacher:str=None, # a run's model.pkl or weights.pth to learn from as well as from the labels (knowledge distillation)
     temperature:float=4., # with --teacher, the temperature that softens both models' predictions

@@ -195,6 +195,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         cfg = json.loads((out/'run.json').read_text())
         if data is not None: cfg['data'] = str(get_cifar10(data))
         elif not Path(cfg['data']).exists(): raise DataError(f"{cfg['data']}, this run's data, is gone: pass --data a CIFAR-10 folder or .tgz to resume it")
+        if teacher is not None and not cfg.get('teacher'): raise ValueError(f"{out} was started without a teacher: resume it without --teacher")
         if teacher is not None: cfg['teacher'] = str(teacher)
         state = torch.load(out/'checkpoint.pth', map_location='cpu', weights_only=False) # our own file: it holds the RNG states
     else:
