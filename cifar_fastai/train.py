@@ -351,7 +351,7 @@ def distill_loss(pred, teacher_pred, T=4.) -> Tensor:
 
 # %% ../nbs/03_train.ipynb #63cc706d
 class Distill(Callback):
-    "Train on `teacher_weight` times `distill_loss` from the frozen `teacher` (normalised with `stats`) plus the rest of the loss"
+    "Train on `teacher_weight` times `distill_loss` from the frozen `teacher` (normalised with `stats`) plus `1-teacher_weight` times the loss"
     def __init__(self, teacher, stats, T=4., teacher_weight=0.9): store_attr()
     def before_fit(self):
         dev,norm = one_param(self.model).device,self.dls.after_batch.normalize
