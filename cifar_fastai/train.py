@@ -16,8 +16,8 @@ from .model import check_arch, count_macs, count_params, get_model, receptive_fi
 __all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
            'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'command_line', 'device_name',
            'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run',
-           'load_model', 'load_images', 'tta_views', 'predict_probs', 'evaluate', 'distill_loss', 'Distill',
-           'distill_from', 'tta_accuracy', 'runs_table', 'summarize_runs']
+           'check_model_file', 'load_model', 'load_images', 'tta_views', 'predict_probs', 'evaluate', 'distill_loss',
+           'Distill', 'distill_from', 'tta_accuracy', 'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
@@ -206,6 +206,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         if subset is not None and not 0 < subset <= 1: raise ValueError(f"subset must be a fraction in (0, 1], got {subset}")
         if not (temperature > 0 and 0 < teacher_weight <= 1):
             raise ValueError(f"temperature must be above 0 and teacher_weight in (0, 1], got {temperature} and {teacher_weight}")
+        if teacher is not None: check_model_file(teacher, '--teacher') # before `out` is created
         path = get_cifar10(data)
         out = check_out_dir(out, force)
         for f in RUN_FILES: (out/f).unlink(missing_ok=True)
@@ -275,10 +276,15 @@ def finish_run(learn, out, cfg, history) -> dict:
     return metrics
 
 # %% ../nbs/03_train.ipynb #567d278f
-def load_model(fname, option='--model') -> tuple:
-    "`(model, vocab, stats)` from a run's `model.pkl` (a pickle: trusted files only) or `weights.pth` (safe, with its `metrics.json`)"
+def check_model_file(fname, option='--model') -> Path:
+    "`fname` as a `Path`, stopping with one line that names `option` if it is not a file"
     fname = Path(fname)
     if not fname.is_file(): raise DataError(f"{fname} does not exist: pass {option} the model.pkl or weights.pth of a run")
+    return fname
+
+def load_model(fname, option='--model') -> tuple:
+    "`(model, vocab, stats)` from a run's `model.pkl` (a pickle: trusted files only) or `weights.pth` (safe, with its `metrics.json`)"
+    fname = check_model_file(fname, option)
     if fname.suffix=='.pkl':
         try:
             with warnings.catch_warnings():
