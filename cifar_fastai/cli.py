@@ -16,8 +16,8 @@ from .train import RunExists, TrainingDiverged, _find_lr, bars_only_on_terminal,
 from .train import command_line, device_name, evaluate, load_model, predict_probs, train
 
 # %% auto #0
-__all__ = ['cli_errors', 'default_out', 'check_new_file', 'save_json', 'cifar_train', 'cifar_lr_find', 'cifar_eval',
-           'cifar_predict', 'cifar_summary', 'bench', 'cifar_bench']
+__all__ = ['cli_errors', 'default_out', 'check_new_file', 'save_json', 'set_threads', 'cifar_train', 'cifar_lr_find',
+           'cifar_eval', 'cifar_predict', 'cifar_summary', 'bench', 'cifar_bench']
 
 # %% ../nbs/04_cli.ipynb #9129e620
 @contextmanager
@@ -52,6 +52,13 @@ def save_json(fname, obj):
     "Write `obj`, with the command line that made it, as JSON into `fname`, atomically, when `fname` is not `None`"
     if fname is not None: save_atomic(Path(fname), lambda f: f.write_text(json.dumps({**obj, 'command': command_line()}, indent=2)))
 
+# %% ../nbs/04_cli.ipynb #7fb23971
+def set_threads(threads=None):
+    "Make PyTorch compute on `threads` CPU threads (`None` leaves its default, one per core)"
+    if threads is None: return
+    if threads < 1: raise ValueError(f"threads must be at least 1, got {threads}: leave --threads out for one per core")
+    torch.set_num_threads(threads)
+
 # %% ../nbs/04_cli.ipynb #f61782ff
 @call_parse
 def cifar_train(
@@ -66,6 +73,7 @@ def cifar_train(
     label_smoothing:float=0.1, # label smoothing of the cross-entropy loss
     wd:float=0.05, # weight decay (fastai's default is 0.01)
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
+    threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
     force:store_true=False, # overwrite a run folder that already holds results
     resume:str=None, # continue the interrupted run in this folder (its settings are reused; --data or --teacher if they have moved)
@@ -78,6 +86,7 @@ def cifar_train(
     "Train a C1C2C3C4 model on CIFAR-10 with fastai's one-cycle policy and write the run folder"
     out = resume or out or default_out(arch)
     with cli_errors(debug, out):
+        set_threads(threads)
         m = train(data, arch, epochs, lr, bs, seed, subset, out, label_smoothing, wd, num_workers, strict, force, resume, stop_after,
                   teacher, temperature, teacher_weight)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
@@ -204,12 +213,14 @@ def cifar_bench(
     n_batches:int=20, # batches to time for the loader and the training step
     epoch:store_true=False, # also time one full training epoch
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
+    threads:int=None, # PyTorch's CPU threads (default: one per core)
     json_out:str=None, # also write the results to this new JSON file
     debug:store_true=False, # show tracebacks
 ):
     "Measure augmentation, data loading and training throughput on this machine"
     with cli_errors(debug):
         check_new_file(json_out)
+        set_threads(threads)
         res = bench(data, check_arch(arch), bs, n_batches, epoch, num_workers)
         for k,v in res.items(): print(f"{k:>30}: {v:,}" if isinstance(v, (int,float)) else f"{k:>30}: {v}")
         save_json(json_out, res)

@@ -281,6 +281,7 @@ def bad_input_cases(d, p):
         'subset_1.5':     (*T('--subset', '1.5'), ['subset', '1.5']),
         'arch_train':     (*T('--arch', 'resnet9000'), ['resnet9000', 'tiny']),
         'arch_summary':   ('cifar_summary', ['--arch', 'resnet9000'], ['resnet9000', 'tiny']),
+        'threads_0':      (*T('--threads', '0'), ['threads', '0', '--threads']),
         'teacher_missing':(*T('--teacher', p['missing']/'model.pkl'), ['model.pkl', 'does not exist', '--teacher']),
         'teacher_weight_2':(*T('--teacher', p['good_pth'], '--teacher_weight', '2'), ['teacher_weight', '2']),
         'eval_model_missing':    ('cifar_eval', ['--model', p['missing']/'model.pkl', '--data', d], ['model.pkl', 'does not exist', '--model']),
@@ -294,6 +295,7 @@ def bad_input_cases(d, p):
         'eval_json_exists':      ('cifar_eval', ['--model', p['good_pth'], '--data', d, '--json_out', p['old_json']], ['old.json', 'already exists', '--json_out']),
         'eval_shift_no_tta':     ('cifar_eval', ['--model', p['good_pth'], '--data', d, '--shift', '1'], ['shift', '--tta']),
         'eval_shift_16':         ('cifar_eval', ['--model', p['good_pth'], '--data', d, '--tta', '--shift', '16'], ['16', 'out of range', '--shift']),
+        'bench_threads_0':       ('cifar_bench', ['--data', d, '--threads', '0'], ['threads', '0', '--threads']),
         'bench_json_exists':     ('cifar_bench', ['--data', d, '--json_out', p['old_json']], ['old.json', 'already exists', '--json_out']),
     }
 
@@ -345,10 +347,10 @@ def summary_job(cli):
 
 @pytest.fixture(scope='session')
 def relative_out_job(cli, fake_data, session_dir):
-    "A run whose --out is relative to the working folder, as with the default runs/ARCH-TIME"
+    "A run whose --out is relative to the working folder, as with the default runs/ARCH-TIME (on one PyTorch thread)"
     cwd = session_dir/'relcwd'
     cwd.mkdir()
-    return cli.submit('cifar_train', *train_args(fake_data, 'myrun', 1), cwd=cwd), cwd/'myrun'
+    return cli.submit('cifar_train', *train_args(fake_data, 'myrun', 1, '--threads', 1), cwd=cwd), cwd/'myrun'
 
 # the fixtures whose commands are started at the beginning of the session, in this order, when a collected test uses them
 PRESTART = ('trained_job', 'bad_input_jobs', 'help_jobs', 'repeat_jobs', 'student_job', 'corrupt_jobs', 'nan_job', 'lr_find_job',

@@ -119,9 +119,9 @@ def _options(tool):
 
 # the options each tool has today (a floor: the signature may add more)
 KNOWN_OPTIONS = dict(
-    cifar_train='data arch epochs lr bs seed subset out label_smoothing wd num_workers strict force resume stop_after teacher temperature teacher_weight debug',
+    cifar_train='data arch epochs lr bs seed subset out label_smoothing wd num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
     cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model debug',
-    cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers json_out debug')
+    cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers threads json_out debug')
 
 @pytest.mark.parametrize('tool', TOOLS)
 def test_help_mentions_every_option(help_jobs, tool):
@@ -137,6 +137,13 @@ def test_train_relative_out(relative_out_job):
     r = job.result()
     assert r.rc==0, f"training into a relative --out failed: {r!r}"
     for f in ('model.pkl', 'weights.pth', 'metrics.json', 'history.csv'): assert (run/f).is_file(), f
+
+def test_train_threads(relative_out_job):
+    "`--threads 1`: the run trained on one PyTorch thread, as its metrics.json records (on a CPU)"
+    job,run = relative_out_job
+    job.result().ok()
+    device = json.loads((run/'metrics.json').read_text())['device']
+    if device.startswith('CPU'): assert device.endswith(', 1 threads'), device
 
 def test_train_with_teacher(student_job, repeat_jobs):
     "--teacher: the run names its teacher in metrics.json and ends elsewhere than the same run without one (`full0`)"

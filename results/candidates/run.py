@@ -9,9 +9,12 @@ the `tiny_deep-*` runs of `tiny_deep`, the same layers at widths 16, 24, 32, 44 
 `tiny_sep-90ep-kd` also learns from `results/default`'s predictions (teacher=results/default/model.pkl).
 Usage, from the repository root: python results/candidates/run.py ARCH EPOCHS results/candidates/NAME [key=value ...]
 where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64 teacher=PATH; stop_after=N stops after N epochs of the
-schedule and resume=results/candidates/NAME continues a stopped or interrupted run, so one run can span sessions)."""
+schedule and resume=results/candidates/NAME continues a stopped or interrupted run, so one run can span sessions), or
+threads=N, PyTorch's CPU threads (`tiny_sep-150ep` trains with threads=1 num_workers=1: see the README's "Training faster on
+a small CPU"; a resume must pass them again, as they are not run settings)."""
 import json, sys
 from pathlib import Path
+from cifar_fastai.cli import set_threads
 from cifar_fastai.data import get_cifar10
 from cifar_fastai.train import evaluate, load_model, train
 
@@ -24,6 +27,7 @@ def value(v):
 
 arch,epochs,out = sys.argv[1],int(sys.argv[2]),Path(sys.argv[3])
 kw = {k:value(v) for k,v in (o.split('=') for o in sys.argv[4:])}
+set_threads(kw.pop('threads', None))
 data = get_cifar10('../shared/data/cifar10_jpeg.tgz')
 m = train(data, arch=arch, epochs=epochs, out=out, progress=False, **kw)
 if 'stopped_after' in m:
