@@ -10,7 +10,7 @@ the `tiny_deep-*` runs of `tiny_deep`, the same layers at widths 16, 24, 32, 44 
 Usage, from the repository root: python results/candidates/run.py ARCH EPOCHS results/candidates/NAME [key=value ...]
 where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64 teacher=PATH; stop_after=N stops after N epochs of the
 schedule and resume=results/candidates/NAME continues a stopped or interrupted run, so one run can span sessions), or
-threads=N, PyTorch's CPU threads (`tiny_sep-150ep` trains with threads=1 num_workers=1: see the README's "Training faster on
+threads=N, PyTorch's CPU threads (`tiny_sep-150ep` was trained with threads=1 num_workers=1: see the README's "Training faster on
 a small CPU"; a resume must pass them again, as they are not run settings)."""
 import json, sys
 from pathlib import Path
