@@ -72,6 +72,7 @@ def cifar_train(
     out:str=None, # run folder for the results (default: runs/ARCH-TIME); never overwritten without --force
     label_smoothing:float=0.1, # label smoothing of the cross-entropy loss
     wd:float=0.05, # weight decay (fastai's default is 0.01)
+    dropout_p:float=0.5, # probability that CoarseDropout cuts its 16x16 hole in a training image
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -87,7 +88,7 @@ def cifar_train(
     out = resume or out or default_out(arch)
     with cli_errors(debug, out):
         set_threads(threads)
-        m = train(data, arch, epochs, lr, bs, seed, subset, out, label_smoothing, wd, num_workers, strict, force, resume, stop_after,
+        m = train(data, arch, epochs, lr, bs, seed, subset, out, label_smoothing, wd, dropout_p, num_workers, strict, force, resume, stop_after,
                   teacher, temperature, teacher_weight)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
         else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "

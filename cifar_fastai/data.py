@@ -169,14 +169,14 @@ def default_num_workers() -> int:
     return min(defaults.cpus, 8) if sys.platform.startswith('linux') else 0
 
 # %% ../nbs/00_data.ipynb #9437abd6
-def cifar_dls(path, bs=128, subset=None, seed=None, num_workers=None, aug=True, item_tfms=None, batch_tfms=None,
+def cifar_dls(path, bs=128, subset=None, seed=None, num_workers=None, aug=True, dropout_p=0.5, item_tfms=None, batch_tfms=None,
               stats=None, check_images=True, strict=False, device=None, **kwargs) -> DataLoaders:
-    "`DataLoaders` for CIFAR-10 in fastai's layout under `path`, augmented (training split only) unless `aug=False`"
+    "`DataLoaders` for CIFAR-10 in fastai's layout under `path`, augmented (training split only; CoarseDropout with probability `dropout_p`) unless `aug=False`"
     path = check_layout(path)
     mean,std = stats or dataset_stats(path)
     items = cifar_items(path, subset, seed)
     if check_images: items = _drop_bad_images(items, strict)
-    if item_tfms is None: item_tfms = [AlbumentationsTransform(cifar_augs(mean))] if aug else []
+    if item_tfms is None: item_tfms = [AlbumentationsTransform(cifar_augs(mean, dropout_p=dropout_p))] if aug else []
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=_class_dirs(path/'train'))),
                        splitter=GrandparentSplitter(train_name='train', valid_name='test'),
                        get_y=parent_label, item_tfms=item_tfms,

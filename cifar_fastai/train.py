@@ -185,7 +185,7 @@ def _find_lr(learn, out):
 
 # %% ../nbs/03_train.ipynb #1cafce8c
 def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, out='runs/default',
-          label_smoothing=0.1, wd=0.05, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
+          label_smoothing=0.1, wd=0.05, dropout_p=0.5, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
           teacher=None, temperature=4., teacher_weight=0.9, verbose=True, progress=None) -> dict:
     "Train `arch` on CIFAR-10 with one-cycle (LR from the finder when `lr` is None, learning from `teacher` too if given); write the run folder `out`; return its metrics"
     if resume is not None:
@@ -204,6 +204,7 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         if bs < 1: raise ValueError(f"bs must be at least 1, got {bs}")
         if lr is not None and not 0 < lr < 10: raise ValueError(f"lr must be in (0, 10), got {lr}: try 1e-3 to 1e-2, or leave it out to use the LR finder")
         if subset is not None and not 0 < subset <= 1: raise ValueError(f"subset must be a fraction in (0, 1], got {subset}")
+        if not 0 <= dropout_p <= 1: raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p}: the default is 0.5")
         if not (temperature > 0 and 0 < teacher_weight <= 1):
             raise ValueError(f"temperature must be above 0 and teacher_weight in (0, 1], got {temperature} and {teacher_weight}")
         if teacher is not None: check_model_file(teacher, '--teacher') # before `out` is created
@@ -211,12 +212,13 @@ def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subs
         out = check_out_dir(out, force)
         for f in RUN_FILES: (out/f).unlink(missing_ok=True)
         cfg = dict(data=str(path), arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset,
-                   label_smoothing=label_smoothing, wd=wd,
+                   label_smoothing=label_smoothing, wd=wd, dropout_p=dropout_p,
                    teacher=None if teacher is None else str(teacher), temperature=temperature, teacher_weight=teacher_weight, argv=sys.argv)
         state = None
     if stop_after is not None and not 0 < stop_after < cfg['epochs']: raise ValueError(f"stop_after must be between 1 and {cfg['epochs']-1}")
     if cfg['seed'] is not None: set_seed(cfg['seed'], reproducible=True)
-    dls = cifar_dls(cfg['data'], bs=cfg['bs'], subset=cfg['subset'], seed=cfg['seed'], num_workers=num_workers, strict=strict)
+    dls = cifar_dls(cfg['data'], bs=cfg['bs'], subset=cfg['subset'], seed=cfg['seed'], num_workers=num_workers, strict=strict,
+                    dropout_p=cfg.get('dropout_p', 0.5)) # a run from before the option used 0.5
     seen = data_summary(dls)
     if state is None: cfg.update(seen)
     differ = [f"{k} {v}, not {cfg[k]}" for k,v in seen.items() if cfg.get(k, v)!=v] # a run from before they were recorded has none

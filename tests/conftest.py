@@ -166,11 +166,11 @@ def train_args(data, out, epochs, *more, lr='0.01', num_workers=0):
     if lr is not None: a += ['--lr', lr]
     return a
 
-# ---- the shared trained run (A): 2 epochs, the LR finder picks the LR
+# ---- the shared trained run (A): 2 epochs, the LR finder picks the LR, CoarseDropout on a quarter of the images
 @pytest.fixture(scope='session')
 def trained_job(cli, fake_data, session_dir) -> tuple:
     out = session_dir/'trained'
-    return cli.submit('cifar_train', *train_args(fake_data, out, 2, lr=None)), out
+    return cli.submit('cifar_train', *train_args(fake_data, out, 2, '--dropout_p', '0.25', lr=None)), out
 
 @pytest.fixture(scope='session')
 def trained_run(trained_job) -> tuple:
@@ -279,6 +279,7 @@ def bad_input_cases(d, p):
         'lr_100':         (*T('--lr', '100'), ['lr', '100']),
         'subset_0':       (*T('--subset', '0'), ['subset', '0']),
         'subset_1.5':     (*T('--subset', '1.5'), ['subset', '1.5']),
+        'dropout_p_1.5':  (*T('--dropout_p', '1.5'), ['dropout_p', '1.5']),
         'arch_train':     (*T('--arch', 'resnet9000'), ['resnet9000', 'tiny']),
         'arch_summary':   ('cifar_summary', ['--arch', 'resnet9000'], ['resnet9000', 'tiny']),
         'threads_0':      (*T('--threads', '0'), ['threads', '0', '--threads']),

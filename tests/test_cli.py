@@ -31,7 +31,7 @@ def test_train_writes_run_folder(trained_run):
     assert not missing, f"metrics.json lacks {missing}"
     assert 0 <= m['test_accuracy'] <= 1 and 0 <= m['best_test_accuracy'] <= 1
     assert m['best_test_accuracy'] >= m['test_accuracy']
-    assert (m['epochs'],m['arch'],m['bs'],m['seed']) == (2,'tiny',32,0)
+    assert (m['epochs'],m['arch'],m['bs'],m['seed'],m['dropout_p']) == (2,'tiny',32,0,0.25)
     assert 0 < m['lr'] < 10, "the LR finder's LR is not in metrics.json"
     assert 0 < m['params'] < 20_000 and m['receptive_field'] > 1
     assert isinstance(m['versions'], dict) and 'fastai' in m['versions'] and 'torch' in m['versions']
@@ -119,7 +119,7 @@ def _options(tool):
 
 # the options each tool has today (a floor: the signature may add more)
 KNOWN_OPTIONS = dict(
-    cifar_train='data arch epochs lr bs seed subset out label_smoothing wd num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
+    cifar_train='data arch epochs lr bs seed subset out label_smoothing wd dropout_p num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
     cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model debug',
     cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers threads json_out debug')
 
