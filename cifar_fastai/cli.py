@@ -77,7 +77,7 @@ def cifar_train(
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
     force:store_true=False, # overwrite a run folder that already holds results
-    resume:str=None, # continue the interrupted run in this folder (its settings are reused; --data or --teacher if they have moved)
+    resume:str=None, # continue the interrupted run in this folder with its own settings (--data or --teacher if they have moved)
     stop_after:int=None, # stop after this many epochs of the schedule, leaving a checkpoint for --resume
     teacher:str=None, # a run's model.pkl or weights.pth to learn from as well as from the labels (knowledge distillation)
     temperature:float=4., # with --teacher, the temperature that softens both models' predictions

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #5d461fc2
 from __future__ import annotations
-import itertools, json, os, platform, random, re, shlex, sys, time, warnings
+import inspect, itertools, json, os, platform, random, re, shlex, sys, time, warnings
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import albumentations, fastai, torch
@@ -13,11 +13,12 @@ from .data import DataError, cifar_dls, get_cifar10, save_atomic
 from .model import check_arch, count_macs, count_params, get_model, receptive_field
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
-           'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'command_line', 'device_name',
-           'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal', 'train', 'StopAfter', 'finish_run',
-           'check_model_file', 'load_model', 'load_images', 'tta_views', 'predict_probs', 'evaluate', 'distill_loss',
-           'Distill', 'distill_from', 'tta_accuracy', 'runs_table', 'summarize_runs']
+__all__ = ['RUN_FILES', 'RUN_SETTINGS', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint',
+           'TrainingDiverged', 'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'command_line',
+           'device_name', 'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal', 'check_resume_settings',
+           'train', 'StopAfter', 'finish_run', 'check_model_file', 'load_model', 'load_images', 'tta_views',
+           'predict_probs', 'evaluate', 'distill_loss', 'Distill', 'distill_from', 'tta_accuracy', 'runs_table',
+           'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
@@ -183,16 +184,27 @@ def _find_lr(learn, out):
     except OSError: pass
     return float(sugg.valley), {k:float(v) for k,v in sugg._asdict().items()}
 
+# %% ../nbs/03_train.ipynb #94fada0c
+RUN_SETTINGS = ('arch', 'epochs', 'lr', 'bs', 'seed', 'subset', 'label_smoothing', 'wd', 'dropout_p', 'temperature', 'teacher_weight')
+
+def check_resume_settings(cfg, given, defaults):
+    "Raise if `given` sets a run setting to neither its default in `defaults` nor the resumed run's own in `cfg`"
+    clash = [f"{k} {given[k]} (the run's is {cfg.get(k, defaults[k])})" for k in RUN_SETTINGS
+             if given[k]!=defaults[k] and given[k]!=cfg.get(k, defaults[k])]
+    if clash: raise ValueError(f"a resumed run keeps the settings it started with, not {', '.join(clash)}: leave them out, or start a new run with --out")
+
 # %% ../nbs/03_train.ipynb #1cafce8c
 def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, out='runs/default',
           label_smoothing=0.1, wd=0.05, dropout_p=0.5, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
           teacher=None, temperature=4., teacher_weight=0.9, verbose=True, progress=None) -> dict:
     "Train `arch` on CIFAR-10 with one-cycle (LR from the finder when `lr` is None, learning from `teacher` too if given); write the run folder `out`; return its metrics"
+    given = {k:v for k,v in locals().items() if k in RUN_SETTINGS}
     if resume is not None:
         out = Path(resume)
         if (out/'metrics.json').exists(): raise RunExists(f"{out} holds a finished run: nothing to resume")
         if not (out/'checkpoint.pth').exists(): raise DataError(f"{out} has no checkpoint.pth to resume from: start a new run with --out")
         cfg = json.loads((out/'run.json').read_text())
+        check_resume_settings(cfg, given, {k:p.default for k,p in inspect.signature(train).parameters.items()})
         if data is not None: cfg['data'] = str(get_cifar10(data))
         elif not Path(cfg['data']).exists(): raise DataError(f"{cfg['data']}, this run's data, is gone: pass --data a CIFAR-10 folder or .tgz to resume it")
         if teacher is not None and not cfg.get('teacher'): raise ValueError(f"{out} was started without a teacher: resume it without --teacher")
