@@ -134,11 +134,13 @@ def command_line() -> str:
     prog,*args = sys.argv
     return shlex.join(['python', prog, *args] if prog.endswith('.py') else [Path(prog).name, *args])
 
+def _count(n, thing) -> str: return f"{n} {thing}{'s'*(n!=1)}"
+
 def device_name(dev=None) -> str:
     "A human description of the device training runs on"
     dev = dev or default_device()
     if dev.type=='cuda': return torch.cuda.get_device_name(dev)
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"CPU: {platform.processor() or platform.machine()}, {_count(os.cpu_count(), 'core')}, {_count(torch.get_num_threads(), 'thread')}"
 
 def _epochs(es) -> str: return f"epoch {es[0]}" if len(es)==1 else f"epochs {es[0]}-{es[-1]}"
 
