@@ -143,7 +143,7 @@ def test_train_threads(relative_out_job):
     job,run = relative_out_job
     job.result().ok()
     device = json.loads((run/'metrics.json').read_text())['device']
-    if device.startswith('CPU'): assert device.endswith(', 1 threads'), device
+    if device.startswith('CPU'): assert device.endswith(', 1 thread'), device
 
 def test_train_with_teacher(student_job, repeat_jobs):
     "--teacher: the run names its teacher in metrics.json and ends elsewhere than the same run without one (`full0`)"
