@@ -285,7 +285,8 @@ def finish_run(learn, out, cfg, history) -> dict:
                    **data_summary(learn.dls),
                    seconds=round(float(h.seconds.sum()), 1), epoch_seconds=round(float(h.seconds.mean()), 1),
                    device=run_devices(history), stats=[mean, std],
-                   versions=versions(), command=' '.join(cfg['argv']))
+                   versions=versions(), command=' '.join(cfg['argv']),
+                   resumed_with=(out/'command.txt').read_text().splitlines()[1:]) # the commands that continued it
     metrics = {**{k:v for k,v in cfg.items() if k!='argv'}, **metrics}
     save_atomic(out/'metrics.json', lambda f: f.write_text(json.dumps(metrics, indent=2, default=str)))
     (out/'checkpoint.pth').unlink(missing_ok=True)
