@@ -277,6 +277,7 @@ def finish_run(learn, out, cfg, history) -> dict:
     save_plots(learn, out)
     learn.export('model.pkl') # into `learn.path`, which is `out`
     torch.save(learn.model.state_dict(), out/'weights.pth')
+    started,*resumed = (out/'command.txt').read_text().splitlines() # as typed, one line per start or resume
     mean,std = learn.dls.after_batch.normalize.mean.flatten().tolist(),learn.dls.after_batch.normalize.std.flatten().tolist()
     metrics = dict(test_accuracy=float(h.test_accuracy.iloc[-1]), best_test_accuracy=float(h.test_accuracy.max()),
                    best_epoch=int(h.epoch[h.test_accuracy.idxmax()]), test_loss=float(h.test_loss.iloc[-1]),
@@ -285,8 +286,7 @@ def finish_run(learn, out, cfg, history) -> dict:
                    **data_summary(learn.dls),
                    seconds=round(float(h.seconds.sum()), 1), epoch_seconds=round(float(h.seconds.mean()), 1),
                    device=run_devices(history), stats=[mean, std],
-                   versions=versions(), command=' '.join(cfg['argv']),
-                   resumed_with=(out/'command.txt').read_text().splitlines()[1:]) # the commands that continued it
+                   versions=versions(), command=started, resumed_with=resumed)
     metrics = {**{k:v for k,v in cfg.items() if k!='argv'}, **metrics}
     save_atomic(out/'metrics.json', lambda f: f.write_text(json.dumps(metrics, indent=2, default=str)))
     (out/'checkpoint.pth').unlink(missing_ok=True)

@@ -95,8 +95,9 @@ def _compare_resumed(s, full, num_workers):
     assert resume is not None and resume.rc==0, resume
     run = s['out']
     assert (run/'metrics.json').is_file() and not (run/'checkpoint.pth').exists()
-    resumed_with = json.loads((run/'metrics.json').read_text())['resumed_with']
-    assert resumed_with==[f"cifar_train --resume {run} --num_workers {num_workers}"], resumed_with
+    m = json.loads((run/'metrics.json').read_text())
+    assert m['command'].split()[0]=='cifar_train' and '--stop_after 1' in m['command'], m['command'] # as typed
+    assert m['resumed_with']==[f"cifar_train --resume {run} --num_workers {num_workers}"], m['resumed_with']
     full_run = Path(full.args[full.args.index('--out')+1])
     h,hf = read_history(run),read_history(full_run)
     assert list(h.epoch)==list(hf.epoch)==[1, 2, 3]
