@@ -13,8 +13,8 @@ Usage, from the repository root: python results/candidates/run.py ARCH EPOCHS re
 where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64 teacher=PATH dropout_p=0.1; stop_after=N stops after N epochs of the
 schedule and resume=results/candidates/NAME continues a stopped or interrupted run, so one run can span sessions), or
 threads=N, PyTorch's CPU threads (the `tiny_sep-150ep*` runs use threads=1 num_workers=1: see the README's "Training faster on
-a small CPU"; a resume must pass them again, as they are not run settings)."""
-import json, sys
+a small CPU"; a resume must pass them again, as they are not run settings, and the command it prints when stopped or killed does)."""
+import json, signal, sys
 from pathlib import Path
 from cifar_fastai.cli import set_threads
 from cifar_fastai.data import get_cifar10
@@ -27,13 +27,22 @@ def value(v):
         except ValueError: pass
     return v
 
+def resume_command(out):
+    "The command that continues the run in `out`: this one, with resume=`out` and without stop_after"
+    kept = [o for o in sys.argv[4:] if o.split('=')[0] not in ('resume', 'stop_after')]
+    return ' '.join(['python', *sys.argv[:4], f'resume={out}', *kept])
+
 arch,epochs,out = sys.argv[1],int(sys.argv[2]),Path(sys.argv[3])
 kw = {k:value(v) for k,v in (o.split('=') for o in sys.argv[4:])}
 set_threads(kw.pop('threads', None))
 data = get_cifar10('../shared/data/cifar10_jpeg.tgz')
-m = train(data, arch=arch, epochs=epochs, out=out, progress=False, **kw)
+signal.signal(signal.SIGTERM, signal.default_int_handler) # `kill` stops a run the way Ctrl-C does
+try: m = train(data, arch=arch, epochs=epochs, out=out, progress=False, **kw)
+except KeyboardInterrupt:
+    if not (out/'checkpoint.pth').exists(): sys.exit(f"{arch}: interrupted before the first epoch was saved")
+    sys.exit(f"{arch}: interrupted; the last finished epoch is saved in {out}/checkpoint.pth; continue with: {resume_command(out)}")
 if 'stopped_after' in m:
-    print(f"{arch}: stopped after epoch {m['stopped_after']}; continue with: python {' '.join(sys.argv[:4])} resume={out}")
+    print(f"{arch}: stopped after epoch {m['stopped_after']}; continue with: {resume_command(out)}")
     sys.exit()
 for name,tta,shift in (('eval', False, 0), ('eval-tta', True, 0), ('eval-tta-shift', True, 1)):
     acc,_ = evaluate(*load_model(out/'model.pkl'), data, tta=tta, shift=shift)
