@@ -13,7 +13,7 @@ from .augment import AlbumentationsTransform, cifar_augs
 from .data import DataError, cifar_dls, dataset_stats, get_cifar10, save_atomic
 from .model import check_arch, compare_archs, get_model, model_summary, receptive_field
 from .train import RunExists, TrainingDiverged, _find_lr, bars_only_on_terminal, cifar_learner
-from .train import command_line, device_name, evaluate, load_model, predict_probs, train
+from .train import TRAIN_DEFAULTS, command_line, device_name, evaluate, load_model, predict_probs, train
 
 # %% auto #0
 __all__ = ['cli_errors', 'default_out', 'check_new_file', 'save_json', 'set_threads', 'cifar_train', 'cifar_lr_find',
@@ -63,16 +63,16 @@ def set_threads(threads=None):
 @call_parse
 def cifar_train(
     data:str=None, # CIFAR-10 folder or .tgz in fastai's layout (default: $CIFAR10_DATA, else download)
-    arch:str='default', # model variant: default, deep, base, dilated, small, small_deep, tiny, tiny_deep or tiny_sep
-    epochs:int=40, # epochs of the one-cycle schedule
+    arch:str=None, # model variant: default, deep, base, dilated, small, small_deep, tiny, tiny_deep or tiny_sep (default: default)
+    epochs:int=None, # epochs of the one-cycle schedule (default: 40)
     lr:float=None, # peak learning rate (default: the LR finder's valley suggestion)
-    bs:int=128, # batch size
+    bs:int=None, # batch size (default: 128)
     seed:int=None, # random seed, for repeatable runs
     subset:float=None, # train on this stratified fraction of the training set (the test set stays whole)
     out:str=None, # run folder for the results (default: runs/ARCH-TIME); never overwritten without --force
-    label_smoothing:float=0.1, # label smoothing of the cross-entropy loss
-    wd:float=0.05, # weight decay (fastai's default is 0.01)
-    dropout_p:float=0.5, # probability that CoarseDropout cuts its 16x16 hole in a training image
+    label_smoothing:float=None, # label smoothing of the cross-entropy loss (default: 0.1)
+    wd:float=None, # weight decay (default: 0.05; fastai's is 0.01)
+    dropout_p:float=None, # probability that CoarseDropout cuts its 16x16 hole in a training image (default: 0.5)
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -80,12 +80,12 @@ def cifar_train(
     resume:str=None, # continue the interrupted run in this folder with its own settings (--data or --teacher if they have moved)
     stop_after:int=None, # stop after this many epochs of the schedule, leaving a checkpoint for --resume
     teacher:str=None, # a run's model.pkl or weights.pth to learn from as well as from the labels (knowledge distillation)
-    temperature:float=4., # with --teacher, the temperature that softens both models' predictions
-    teacher_weight:float=0.9, # with --teacher, the weight of the teacher's part of the loss (the labels' is 1 minus it)
+    temperature:float=None, # with --teacher, the temperature that softens both models' predictions (default: 4.0)
+    teacher_weight:float=None, # with --teacher, the weight of the teacher's part of the loss, the labels' being 1 minus it (default: 0.9)
     debug:store_true=False, # show tracebacks
 ):
     "Train a C1C2C3C4 model on CIFAR-10 with fastai's one-cycle policy and write the run folder"
-    out = resume or out or default_out(arch)
+    out = resume or out or default_out(arch or TRAIN_DEFAULTS['arch'])
     with cli_errors(debug, out):
         set_threads(threads)
         m = train(data, arch, epochs, lr, bs, seed, subset, out, label_smoothing, wd, dropout_p, num_workers, strict, force, resume, stop_after,

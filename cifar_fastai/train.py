@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #5d461fc2
 from __future__ import annotations
-import inspect, itertools, json, os, platform, random, re, shlex, sys, time, warnings
+import itertools, json, os, platform, random, re, shlex, sys, time, warnings
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import albumentations, fastai, torch
@@ -13,12 +13,12 @@ from .data import DataError, cifar_dls, get_cifar10, save_atomic
 from .model import check_arch, count_macs, count_params, get_model, receptive_field
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RUN_SETTINGS', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint',
+__all__ = ['RUN_FILES', 'TRAIN_DEFAULTS', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint',
            'TrainingDiverged', 'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'command_line',
            'device_name', 'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal', 'check_resume_settings',
-           'train', 'StopAfter', 'finish_run', 'check_model_file', 'load_model', 'load_images', 'tta_views',
-           'predict_probs', 'evaluate', 'distill_loss', 'Distill', 'distill_from', 'tta_accuracy', 'runs_table',
-           'summarize_runs']
+           'check_settings', 'train', 'StopAfter', 'finish_run', 'check_model_file', 'load_model', 'load_images',
+           'tta_views', 'predict_probs', 'evaluate', 'distill_loss', 'Distill', 'distill_from', 'tta_accuracy',
+           'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
@@ -187,47 +187,50 @@ def _find_lr(learn, out):
     return float(sugg.valley), {k:float(v) for k,v in sugg._asdict().items()}
 
 # %% ../nbs/03_train.ipynb #94fada0c
-RUN_SETTINGS = ('arch', 'epochs', 'lr', 'bs', 'seed', 'subset', 'label_smoothing', 'wd', 'dropout_p', 'temperature', 'teacher_weight')
+TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
+                      dropout_p=0.5, temperature=4., teacher_weight=0.9) # what `train` uses for a setting left at `None`
 
-def check_resume_settings(cfg, given, defaults):
-    "Raise if `given` sets a run setting to neither its default in `defaults` nor the resumed run's own in `cfg`"
-    clash = [f"{k} {given[k]} (the run's is {cfg.get(k, defaults[k])})" for k in RUN_SETTINGS
-             if given[k]!=defaults[k] and given[k]!=cfg.get(k, defaults[k])]
+def check_resume_settings(cfg, given):
+    "Raise if `given`, the run settings passed with a resume, are not the resumed run's own in `cfg`"
+    clash = [f"{k} {v} (the run's is {cfg.get(k, TRAIN_DEFAULTS[k])})" for k,v in given.items() if v!=cfg.get(k, TRAIN_DEFAULTS[k])]
     if clash: raise ValueError(f"a resumed run keeps the settings it started with, not {', '.join(clash)}: leave them out, or start a new run with --out")
 
+def check_settings(arch, epochs, lr, bs, subset, dropout_p, temperature, teacher_weight, **_):
+    "Raise, saying what to pass instead, if a new run's settings cannot train"
+    check_arch(arch)
+    if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if bs < 1: raise ValueError(f"bs must be at least 1, got {bs}")
+    if lr is not None and not 0 < lr < 10: raise ValueError(f"lr must be in (0, 10), got {lr}: try 1e-3 to 1e-2, or leave it out to use the LR finder")
+    if subset is not None and not 0 < subset <= 1: raise ValueError(f"subset must be a fraction in (0, 1], got {subset}")
+    if not 0 <= dropout_p <= 1: raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p}: the default is {TRAIN_DEFAULTS['dropout_p']}")
+    if not (temperature > 0 and 0 < teacher_weight <= 1):
+        raise ValueError(f"temperature must be above 0 and teacher_weight in (0, 1], got {temperature} and {teacher_weight}")
+
 # %% ../nbs/03_train.ipynb #1cafce8c
-def train(data=None, arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, out='runs/default',
-          label_smoothing=0.1, wd=0.05, dropout_p=0.5, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
-          teacher=None, temperature=4., teacher_weight=0.9, verbose=True, progress=None) -> dict:
-    "Train `arch` on CIFAR-10 with one-cycle (LR from the finder when `lr` is None, learning from `teacher` too if given); write the run folder `out`; return its metrics"
-    given = {k:v for k,v in locals().items() if k in RUN_SETTINGS}
+def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset=None, out='runs/default',
+          label_smoothing=None, wd=None, dropout_p=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
+          teacher=None, temperature=None, teacher_weight=None, verbose=True, progress=None) -> dict:
+    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, learning from `teacher` too if given); write the run folder `out`; return its metrics"
+    given = {k:v for k,v in locals().items() if k in TRAIN_DEFAULTS and v is not None}
     if resume is not None:
         out = Path(resume)
         if (out/'metrics.json').exists(): raise RunExists(f"{out} holds a finished run: nothing to resume")
         if not (out/'checkpoint.pth').exists(): raise DataError(f"{out} has no checkpoint.pth to resume from: start a new run with --out")
         cfg = json.loads((out/'run.json').read_text())
-        check_resume_settings(cfg, given, {k:p.default for k,p in inspect.signature(train).parameters.items()})
+        check_resume_settings(cfg, given)
         if data is not None: cfg['data'] = str(get_cifar10(data))
         elif not Path(cfg['data']).exists(): raise DataError(f"{cfg['data']}, this run's data, is gone: pass --data a CIFAR-10 folder or .tgz to resume it")
         if teacher is not None and not cfg.get('teacher'): raise ValueError(f"{out} was started without a teacher: resume it without --teacher")
         if teacher is not None: cfg['teacher'] = str(teacher)
         state = torch.load(out/'checkpoint.pth', map_location='cpu', weights_only=False) # our own file: it holds the RNG states
     else:
-        check_arch(arch)
-        if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
-        if bs < 1: raise ValueError(f"bs must be at least 1, got {bs}")
-        if lr is not None and not 0 < lr < 10: raise ValueError(f"lr must be in (0, 10), got {lr}: try 1e-3 to 1e-2, or leave it out to use the LR finder")
-        if subset is not None and not 0 < subset <= 1: raise ValueError(f"subset must be a fraction in (0, 1], got {subset}")
-        if not 0 <= dropout_p <= 1: raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p}: the default is 0.5")
-        if not (temperature > 0 and 0 < teacher_weight <= 1):
-            raise ValueError(f"temperature must be above 0 and teacher_weight in (0, 1], got {temperature} and {teacher_weight}")
+        settings = {**TRAIN_DEFAULTS, **given}
+        check_settings(**settings)
         if teacher is not None: check_model_file(teacher, '--teacher') # before `out` is created
         path = get_cifar10(data)
         out = check_out_dir(out, force)
         for f in RUN_FILES: (out/f).unlink(missing_ok=True)
-        cfg = dict(data=str(path), arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset,
-                   label_smoothing=label_smoothing, wd=wd, dropout_p=dropout_p,
-                   teacher=None if teacher is None else str(teacher), temperature=temperature, teacher_weight=teacher_weight, argv=sys.argv)
+        cfg = dict(data=str(path), **settings, teacher=None if teacher is None else str(teacher), argv=sys.argv)
         state = None
     if stop_after is not None and not 0 < stop_after < cfg['epochs']: raise ValueError(f"stop_after must be between 1 and {cfg['epochs']-1}")
     if cfg['seed'] is not None: set_seed(cfg['seed'], reproducible=True)

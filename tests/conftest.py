@@ -194,7 +194,7 @@ def student_job(cli, fake_data, session_dir, trained_job) -> tuple:
 
 # ---- identical 3-epoch runs with a given LR (D: seed, stop/resume)
 def _stop_then_resume(cli, data, out, num_workers):
-    "Run 3 epochs stopping after the first, note what the folder holds, try `--resume` with another `--wd`, then `--resume` it"
+    "Run 3 epochs stopping after the first, note what the folder holds, try `--resume` with another `--wd` and `--epochs`, then `--resume` it"
     stop = cli.run('cifar_train', *train_args(data, out, 3, '--stop_after', 1, num_workers=num_workers))
     files = sorted(p.name for p in Path(out).iterdir()) if Path(out).exists() else []
     hist = read_history(out) if (Path(out)/'history.csv').exists() else None
@@ -202,7 +202,7 @@ def _stop_then_resume(cli, data, out, num_workers):
     if (Path(out)/'checkpoint.pth').exists():
         import torch
         ckpt_epoch = torch.load(Path(out)/'checkpoint.pth', weights_only=False)['epoch']
-    refused = cli.run('cifar_train', '--resume', out, '--wd', '0.1') if stop.rc==0 else None # a changed setting
+    refused = cli.run('cifar_train', '--resume', out, '--wd', '0.1', '--epochs', '40') if stop.rc==0 else None # changed, one to its default
     resume = cli.run('cifar_train', '--resume', out, '--num_workers', num_workers) if stop.rc==0 else None
     return dict(stop=stop, files=files, history=hist, ckpt_epoch=ckpt_epoch, refused=refused, resume=resume, out=Path(out))
 

@@ -84,8 +84,8 @@ def test_stop_after_leaves_checkpoint(repeat_jobs):
     assert s['ckpt_epoch']==1 and list(s['history'].epoch)==[1]
 
 def test_resume_refuses_changed_setting(repeat_jobs):
-    "`--resume` with a setting other than the run's is refused in one line (the resume after it still ends as the uninterrupted run)"
-    assert_one_line_error(repeat_jobs['resumed0'].result()['refused'], "wd 0.1 (the run's is 0.05)", '--out')
+    "`--resume` with settings other than the run's is refused in one line, even where one is the default (the resume after it still ends as the uninterrupted run)"
+    assert_one_line_error(repeat_jobs['resumed0'].result()['refused'], "epochs 40 (the run's is 3)", "wd 0.1 (the run's is 0.05)", '--out')
 
 HIST_COLS = ['train_loss', 'train_accuracy', 'test_loss', 'test_accuracy']
 
