@@ -13,7 +13,7 @@ from .data import DataError, cifar_dls, get_cifar10, save_atomic
 from .model import check_arch, count_macs, count_params, get_model, receptive_field
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'TRAIN_DEFAULTS', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint',
+__all__ = ['TRAIN_DEFAULTS', 'RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint',
            'TrainingDiverged', 'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'command_line',
            'device_name', 'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal', 'check_resume_settings',
            'check_settings', 'train', 'StopAfter', 'finish_run', 'check_model_file', 'load_model', 'load_images',
@@ -21,11 +21,14 @@ __all__ = ['RUN_FILES', 'TRAIN_DEFAULTS', 'cifar_learner', 'RunLogger', 'rng_sta
            'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
-def cifar_learner(dls, arch='default', label_smoothing=0.1, wd=0.05, path='.', cbs=None, **kwargs) -> Learner:
-    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, cross-entropy loss and `accuracy`"
-    model = get_model(arch, n_out=len(dls.vocab))
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=label_smoothing), metrics=accuracy,
-                    wd=wd, path=path, cbs=cbs, **kwargs)
+TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
+                      dropout_p=0.5, temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
+
+def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, path='.', cbs=None, **kwargs) -> Learner:
+    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, cross-entropy loss and `accuracy` (settings left at `None` from `TRAIN_DEFAULTS`)"
+    model = get_model(ifnone(arch, TRAIN_DEFAULTS['arch']), n_out=len(dls.vocab))
+    loss_func = CrossEntropyLossFlat(label_smoothing=ifnone(label_smoothing, TRAIN_DEFAULTS['label_smoothing']))
+    learn = Learner(dls, model, loss_func=loss_func, metrics=accuracy, wd=ifnone(wd, TRAIN_DEFAULTS['wd']), path=path, cbs=cbs, **kwargs)
     if dls.device is not None and dls.device.type=='cuda':
         learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     return learn
@@ -187,9 +190,6 @@ def _find_lr(learn, out):
     return float(sugg.valley), {k:float(v) for k,v in sugg._asdict().items()}
 
 # %% ../nbs/03_train.ipynb #94fada0c
-TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
-                      dropout_p=0.5, temperature=4., teacher_weight=0.9) # what `train` uses for a setting left at `None`
-
 def check_resume_settings(cfg, given):
     "Raise if `given`, the run settings passed with a resume, are not the resumed run's own in `cfg`"
     clash = [f"{k} {v} (the run's is {cfg.get(k, TRAIN_DEFAULTS[k])})" for k,v in given.items() if v!=cfg.get(k, TRAIN_DEFAULTS[k])]
