@@ -8,7 +8,8 @@ the `tiny_deep-*` runs of `tiny_deep`, the same layers at widths 16, 24, 32, 44 
 `tiny_sep-*` runs of `tiny_sep`, `tiny_deep` with C1's residual pair separable too and widths 16, 28, 36, 48;
 `tiny_sep-90ep-kd` also learns from `results/default`'s predictions (teacher=results/default/model.pkl),
 `tiny_sep-150ep-drop0.1` is `tiny_sep-150ep` with CoarseDropout on a tenth of the training images (dropout_p=0.1) instead of half,
-and `tiny_sep-150ep-drop0.1-kd` is that run learning from `results/default` too.
+`tiny_sep-150ep-drop0.1-kd` is that run learning from `results/default` too, and
+`tiny_sep-150ep-drop0.1-kd-s1` the same with seed 1.
 Usage, from the repository root: python results/candidates/run.py ARCH EPOCHS results/candidates/NAME [key=value ...]
 where each key=value is an argument of `train` (lr=5e-3 seed=0 bs=64 teacher=PATH dropout_p=0.1; stop_after=N stops after N epochs of the
 schedule and resume=results/candidates/NAME continues a stopped or interrupted run, so one run can span sessions), or
