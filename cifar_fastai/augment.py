@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_augment.ipynb #a3120d7d
 from __future__ import annotations
-import os, random
+import itertools, os, random
 import cv2
 import numpy as np
 from fastai.vision.all import *
@@ -12,17 +12,18 @@ os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1') # no network check, and n
 import albumentations as A # after fastai's star import, which has an `A` of its own
 
 # %% auto #0
-__all__ = ['AlbumentationsTransform', 'cifar_augs']
+__all__ = ['AlbumentationsTransform', 'cifar_augs', 'fired', 'probe_image', 'check_independent']
 
 # %% ../nbs/01_augment.ipynb #81246d67
 class AlbumentationsTransform(ItemTransform):
-    "Apply the albumentations pipeline `aug` to the image of a training item `(PILImage, label...)`"
-    split_idx,order = 0,2 # training split only; after `Resize` (1), before `ToTensor` (5)
+    "Apply the albumentations pipeline `aug` to the `HxWxC` `uint8` array image of a training item `(image, label...)`"
+    split_idx,order = 0,2 # training split only
     def __init__(self, aug): self.aug = aug
     def encodes(self, x):
         img,*rest = x
-        self.aug.set_random_seed(random.getrandbits(32))
-        return (PILImage.create(self.aug(image=np.asarray(img))['image']), *rest)
+        seed = random.getrandbits(64)
+        self.aug.set_random_state(np.random.default_rng(seed), random.Random(seed)) # one stream, drawn from in turn
+        return (self.aug(image=img)['image'], *rest)
 
 # %% ../nbs/01_augment.ipynb #9b071772
 def cifar_augs(mean, flip_p=0.5, shift_limit=0.0625, scale_limit=0.1, rotate_limit=15, affine_p=0.5,
@@ -35,3 +36,27 @@ def cifar_augs(mean, flip_p=0.5, shift_limit=0.0625, scale_limit=0.1, rotate_lim
                  rotate=(-rotate_limit, rotate_limit), border_mode=cv2.BORDER_REFLECT_101, p=affine_p),
         A.CoarseDropout(num_holes_range=(n_holes, n_holes), hole_height_range=(hole_size, hole_size),
                         hole_width_range=(hole_size, hole_size), fill=fill, fill_mask=None, p=dropout_p)])
+
+# %% ../nbs/01_augment.ipynb #565f701b
+def fired(out, orig, fill) -> tuple:
+    "Which of (flip, affine, hole) changed the `HxWxC` image `orig` into `out`, for a test image built by `probe_image`"
+    hole = (out==np.asarray(fill, dtype=out.dtype)).all(-1)
+    flip = out[:, :16].mean() > out[:, 16:].mean()
+    keep = ~hole
+    ref = orig[:, ::-1] if flip else orig
+    return bool(flip), bool((np.abs(out.astype(int)-ref)[keep] > 1).any()), bool(hole.sum() >= 256)
+
+def probe_image(size=32) -> np.ndarray:
+    "A `uint8` image on which `fired` can see each transform: dark left half, bright right half, prime-period stripes, no pure fill colour"
+    y,x = np.mgrid[:size,:size]
+    a = np.where(x < size//2, 40, 200) + 25*((x*7+y*3)%11 > 5) + 10*((x+y*5)%13 > 6)
+    return np.stack([a, a+3, a+6], -1).astype(np.uint8)
+
+def check_independent(draws, ps=(0.5,0.5,0.5), sds=5):
+    "Assert that the counts of each (flip, affine, hole) combination in `draws` fit independent draws with probabilities `ps`"
+    n,counts = len(draws),Counter(draws)
+    for combo in itertools.product((False,True), repeat=3):
+        p = np.prod([q if c else 1-q for c,q in zip(combo, ps)])
+        lo,hi = n*p - sds*np.sqrt(n*p*(1-p)),n*p + sds*np.sqrt(n*p*(1-p))
+        assert lo <= counts[combo] <= hi, f"{combo}: {counts[combo]} of {n}, expected {n*p:.0f} (between {lo:.0f} and {hi:.0f})"
+    return counts

@@ -4,13 +4,13 @@
 
 # %% ../nbs/04_cli.ipynb #ae5a2953
 from __future__ import annotations
-import json, signal, sys, time
+import itertools, json, math, signal, sys, time, warnings
 from contextlib import contextmanager
 from datetime import datetime
 from fastai.vision.all import *
 from fastcore.script import call_parse, Param, store_true # after fastai's star import, which has a `Param` of its own
-from .augment import AlbumentationsTransform, cifar_augs
-from .data import DataError, cifar_dls, dataset_stats, get_cifar10, save_atomic
+from .augment import cifar_augs
+from .data import DataError, cifar_dls, dataset_stats, decoded_images, get_cifar10, save_atomic
 from .model import check_arch, compare_archs, get_model, model_summary, receptive_field
 from .train import RunExists, TrainingDiverged, _find_lr, bars_only_on_terminal, cifar_learner
 from .train import TRAIN_DEFAULTS, command_line, device_name, evaluate, load_model, predict_probs, train
@@ -20,10 +20,15 @@ __all__ = ['cli_errors', 'default_out', 'check_new_file', 'save_json', 'set_thre
            'cifar_eval', 'cifar_predict', 'cifar_summary', 'bench', 'cifar_bench']
 
 # %% ../nbs/04_cli.ipynb #9129e620
+def _warning_line(message, *args, **kwargs):
+    "Print a warning as one line on stderr, without the file and line that raised it"
+    print(f"warning: {message}", file=sys.stderr)
+
 @contextmanager
 def cli_errors(debug=False, out=None):
-    "Turn errors into one line on stderr and exit status 2 (1 for an unexpected error; 130 for Ctrl-C or `kill`)"
+    "Turn errors into one line on stderr and exit status 2 (1 for an unexpected error; 130 for Ctrl-C or `kill`), and warnings into one line each"
     term = signal.signal(signal.SIGTERM, signal.default_int_handler) # `kill` stops a tool the way Ctrl-C does
+    show,warnings.showwarning = warnings.showwarning,_warning_line
     try: yield
     except KeyboardInterrupt:
         msg = "interrupted"
@@ -36,7 +41,9 @@ def cli_errors(debug=False, out=None):
     except Exception as e:
         if debug: raise
         print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr); sys.exit(1)
-    finally: signal.signal(signal.SIGTERM, term)
+    finally:
+        signal.signal(signal.SIGTERM, term)
+        warnings.showwarning = show
 
 # %% ../nbs/04_cli.ipynb #9e97bad9
 def default_out(name) -> str:
@@ -170,35 +177,46 @@ def cifar_summary(
         if rf: print(receptive_field(get_model(arch)).to_string(index=False))
 
 # %% ../nbs/04_cli.ipynb #da17bc7a
-def _rate(f, n, items_per_call=1):
-    "Calls of `f` per second (times `items_per_call`), timed over `n` calls after one warm-up call"
-    f()
+def _rate(f, n, items_per_call=1, sync=noop):
+    "Calls of `f` per second (times `items_per_call`), timed over `n` calls after one warm-up call, then `sync()`"
+    f(); sync()
     t0 = time.perf_counter()
     for _ in range(n): f()
+    sync()
     return n*items_per_call/(time.perf_counter()-t0)
+
+def _loader_rate(dl, n_batches) -> float:
+    "Images per second that `dl` yields over `n_batches` batches, after its first (worker start-up is not throughput)"
+    it = iter(dl)
+    next(it)
+    t0 = time.perf_counter()
+    n = sum(len(next(it)[0]) for _ in range(n_batches))
+    return n/(time.perf_counter()-t0)
 
 # %% ../nbs/04_cli.ipynb #5cd35780
 def bench(data=None, arch='default', bs=128, n_batches=20, epoch=False, num_workers=None) -> dict:
-    "Images per second of the augmentation, the data loader and the training step, and optionally one epoch's seconds"
+    "Images per second of the bare augmentation, the loader (in one process, and with its workers) and the training step; optionally one epoch's seconds"
     path = get_cifar10(data)
-    mean,std = dataset_stats(path)
-    tfm = AlbumentationsTransform(cifar_augs(mean))
-    imgs = [PILImage.create(o) for o in get_image_files(path/'train')[:256]]
-    it = iter(range(10**9))
+    fns,images,_ = decoded_images(path)
+    aug,imgs = cifar_augs(dataset_stats(path)[0]),[np.asarray(images[i]) for i in range(min(256, len(fns)))]
+    it = itertools.count()
     res = dict(machine=device_name(), arch=arch, bs=bs,
-               augment_images_per_s_per_core=round(_rate(lambda: tfm((imgs[next(it)%256], 0), split_idx=0), 2000)))
-    dls = cifar_dls(path, bs=bs, num_workers=num_workers, check_images=False)
-    t0,n = time.perf_counter(),0
-    for i,(xb,yb) in enumerate(dls.train):
-        if i==0: t0 = time.perf_counter() # worker start-up is not throughput
-        else: n += len(xb)
-        if i==n_batches: break
-    res['loader_images_per_s'] = round(n/(time.perf_counter()-t0))
+               augment_images_per_s=round(_rate(lambda: aug(image=imgs[next(it)%len(imgs)]), 2000)))
+    res['loader_images_per_s_per_process'] = round(_loader_rate(cifar_dls(path, bs=bs, num_workers=0).train, n_batches))
+    res['loader_share_of_augment'] = round(res['loader_images_per_s_per_process']/res['augment_images_per_s'], 2)
+    dls = cifar_dls(path, bs=bs, num_workers=num_workers)
+    res['num_workers'] = dls.train.fake_l.num_workers
+    res['loader_images_per_s'] = round(_loader_rate(dls.train, n_batches))
     learn = cifar_learner(dls, arch)
     learn.create_opt(); learn.model.train()
+    xb,yb = dls.one_batch()
+    dev = xb.device
     def step():
-        learn.loss_func(learn.model(xb), yb).backward(); learn.opt.step(); learn.opt.zero_grad()
-    res['train_step_images_per_s'] = round(_rate(step, n_batches, len(xb)))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type=='cuda'): loss = learn.loss_func(learn.model(xb), yb)
+        loss.backward(); learn.opt.step(); learn.opt.zero_grad()
+    sync = torch.cuda.synchronize if dev.type=='cuda' else noop
+    res['train_step_images_per_s'] = round(_rate(step, n_batches, len(xb), sync))
+    res['workers_to_feed_train_step'] = math.ceil(res['train_step_images_per_s']/res['loader_images_per_s_per_process'])
     if epoch:
         t0 = time.perf_counter()
         with learn.no_logging(), learn.no_bar(): learn.fit(1)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #af0ce8c3
 from __future__ import annotations
-import hashlib, json, os, random, shutil, sys, tarfile, warnings
+import hashlib, json, os, random, shutil, sys, tarfile, warnings, zlib
 import numpy as np
 from PIL import Image
 from fastai.vision.all import *
@@ -12,7 +12,8 @@ from .augment import AlbumentationsTransform, cifar_augs
 
 # %% auto #0
 __all__ = ['CIFAR_CLASSES', 'CIFAR_STATS', 'DataError', 'make_fake_cifar', 'check_layout', 'cache_dir', 'file_hash',
-           'extract_archive', 'get_cifar10', 'save_atomic', 'dataset_stats', 'find_bad_images', 'cifar_items',
+           'extract_archive', 'get_cifar10', 'save_atomic', 'image_files', 'content_key', 'decode_image',
+           'decode_images', 'decoded_images', 'CachedImage', 'collate_images', 'dataset_stats', 'cifar_items',
            'default_num_workers', 'cifar_dls']
 
 # %% ../nbs/00_data.ipynb #38fa0c3a
@@ -106,11 +107,105 @@ def get_cifar10(path=None, url=URLs.CIFAR) -> Path:
 
 # %% ../nbs/00_data.ipynb #c26bcc6f
 def save_atomic(fname, write):
-    "Call `write` on a temporary file beside `fname`, then move it onto `fname`: `fname` is never half-written"
+    "Call `write` on a temporary file beside `fname`, then move it onto `fname`: `fname` is never half-written, and a failed write leaves nothing"
     fname = Path(fname)
     tmp = fname.with_name(f'.{fname.name}.{os.getpid()}.tmp')
-    write(tmp)
+    try: write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, fname)
+
+# %% ../nbs/00_data.ipynb #6bea055c
+def image_files(path) -> L:
+    "Every image file in the `train/` and `test/` folders of `path`, sorted"
+    path = Path(path)
+    return L(sorted(get_image_files(path/'train') + get_image_files(path/'test')))
+
+def content_key(path, fns, n=16) -> str:
+    "A hash of the path (relative to `path`), size and modification time of each of `fns`"
+    h = hashlib.md5()
+    for f in fns:
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:n]
+
+# %% ../nbs/00_data.ipynb #7e74b04c
+def decode_image(fn, size=None) -> np.ndarray:
+    "The image file `fn` as an `HxWx3` `uint8` RGB array, resized to `size`x`size` if given and needed"
+    with Image.open(fn) as im:
+        im = im.convert('RGB')
+        if size is not None and im.size != (size,size): im = im.resize((size,size))
+        return np.asarray(im)
+
+def decode_images(fns, size=32) -> tuple:
+    "`(images, bad)`: `fns` decoded into one `(N,size,size,3)` `uint8` array, and the files that could not be read (left black)"
+    images,bad = np.zeros((len(fns),size,size,3), dtype=np.uint8),L()
+    for i,f in enumerate(fns):
+        try: a = decode_image(f)
+        except (OSError, ValueError): bad.append(f); continue
+        if a.shape[:2] != (size,size):
+            raise DataError(f"{f} is {a.shape[1]}x{a.shape[0]}, not {size}x{size} like CIFAR-10's images: resize it or remove it")
+        images[i] = a
+    return images,bad
+
+# %% ../nbs/00_data.ipynb #fedd8436
+def _checksum(a) -> int: return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast('B'))
+
+def _cache_files(key): return cache_dir()/f'images-{key}.npy',cache_dir()/f'images-{key}.json'
+
+def _load_cache(npy, meta, shape):
+    "`(images, bad)` memory-mapped from `npy` if it is whole and matches `meta` and `shape`, else `None`"
+    if not meta.exists(): return None
+    try:
+        m,images = json.loads(meta.read_text()),np.load(npy, mmap_mode='r')
+        if images.shape != shape: raise ValueError(f"{images.shape[0]:,} images, not {shape[0]:,}")
+        if _checksum(images) != m['crc32']: raise ValueError("its checksum does not match")
+        return images,m['bad']
+    except Exception as e:
+        warnings.warn(f"the image cache {npy} is damaged ({str(e).splitlines()[0] or type(e).__name__}): decoding the images again")
+        return None
+
+def _save_cache(npy, meta, images, bad) -> bool:
+    "Write `images` to `npy` and then `meta`, atomically; where that fails, leave neither and say so in one line"
+    def write_npy(f):
+        with open(f, 'wb') as fh: np.save(fh, images)
+    try:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        save_atomic(npy, write_npy)
+        save_atomic(meta, lambda f: f.write_text(json.dumps(dict(crc32=_checksum(images), bad=bad, shape=images.shape))))
+        return True
+    except OSError as e:
+        if npy.exists(): npy.unlink() # its meta could not follow it
+        warnings.warn(f"could not write the image cache in {npy.parent} ({e.strerror or e}): keeping the decoded images in memory for this run")
+        return False
+
+# %% ../nbs/00_data.ipynb #a153385b
+def decoded_images(path, size=32) -> tuple:
+    "`(fns, images, bad)`: the image files of `path`, all of them decoded into one array (cached in `cache_dir()`), and the unreadable ones"
+    path = check_layout(path)
+    fns = image_files(path)
+    npy,meta = _cache_files(content_key(path, fns))
+    cached = _load_cache(npy, meta, (len(fns),size,size,3))
+    if cached is not None: return fns,cached[0],L(path/o for o in cached[1])
+    print(f"decoding {len(fns):,} images once, into {npy}")
+    images,bad = decode_images(fns, size)
+    if _save_cache(npy, meta, images, [str(o.relative_to(path)) for o in bad]): images = np.load(npy, mmap_mode='r')
+    return fns,images,bad
+
+# %% ../nbs/00_data.ipynb #94329d55
+class CachedImage(Transform):
+    "Open an image file as an `HxWxC` `uint8` array: a view of `images` if `fns` holds it, else decoded and resized to `size`"
+    def __init__(self, fns=(), images=None, size=32): self.index,self.images,self.size = {f:i for i,f in enumerate(fns)},images,size
+    def encodes(self, fn:Path|str):
+        i = self.index.get(fn)
+        return decode_image(fn, self.size) if i is None else np.asarray(self.images[i])
+    def __getstate__(self): return {**self.__dict__, 'index':{}, 'images':None} # a pickled (exported) model keeps no data
+
+def collate_images(b) -> tuple:
+    "Collate the items `b`: their `HxWxC` arrays into one `NxCxHxW` `TensorImage`, anything else as fastai does"
+    return tuple(TensorImage(torch.from_numpy(np.stack(o)).permute(0,3,1,2).contiguous()) if isinstance(o[0], np.ndarray) else fa_collate(o)
+                 for o in zip(*b))
 
 # %% ../nbs/00_data.ipynb #904bd259
 def _stats_file(path):
@@ -120,34 +215,32 @@ def _stats_file(path):
 
 # %% ../nbs/00_data.ipynb #8de0ba18
 def dataset_stats(path) -> tuple:
-    "Per-channel `(mean, std)` in [0,1] of the training images under `path`, computed once and cached"
+    "Per-channel `(mean, std)` in [0,1] of the readable training images under `path`, computed once and cached"
     path = check_layout(path)
     cache = _stats_file(path)
     if cache.exists(): return tuple(tuple(o) for o in json.loads(cache.read_text()))
-    s,s2,n = np.zeros(3),np.zeros(3),0
-    for fn in get_image_files(path/'train'):
-        try: a = np.asarray(Image.open(fn).convert('RGB'), dtype=np.float64).reshape(-1,3)/255
-        except OSError: continue # unreadable images are reported by `cifar_dls`
-        s,s2,n = s+a.sum(0),s2+(a**2).sum(0),n+len(a)
+    fns,images,bad = decoded_images(path)
+    bad = set(bad)
+    idxs = [i for i,f in enumerate(fns) if f.parent.parent.name=='train' and f not in bad]
+    s,s2 = np.zeros(3),np.zeros(3)
+    for chunk in chunked(idxs, 5000):
+        a = images[chunk].reshape(-1,3).astype(np.float64)/255
+        s,s2 = s+a.sum(0),s2+(a**2).sum(0)
+    n = len(idxs)*images.shape[1]*images.shape[2]
     mean = s/n
     stats = (tuple(mean.round(6).tolist()), tuple(np.sqrt(s2/n-mean**2).round(6).tolist()))
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(cache, lambda f: f.write_text(json.dumps(stats)))
     return stats
 
-# %% ../nbs/00_data.ipynb #13b18b21
-def find_bad_images(fns) -> L:
-    "The files in `fns` that PIL cannot open and load"
-    return verify_images(L(fns))
-
 # %% ../nbs/00_data.ipynb #e2b471a2
-def _drop_bad_images(items, strict):
-    bad = find_bad_images(items)
+def _drop_bad_images(items, bad, strict):
+    "`items` without the unreadable files `bad`, with a warning naming them (or a `DataError`, if `strict`)"
+    bad = set(bad).intersection(items)
     if not bad: return items
-    names = ', '.join(str(o) for o in bad[:10]) + (f' and {len(bad)-10} more' if len(bad)>10 else '')
+    names = ', '.join(str(o) for o in sorted(bad)[:10]) + (f' and {len(bad)-10} more' if len(bad)>10 else '')
     if strict: raise DataError(f"{len(bad)} unreadable image(s): {names}. Remove or replace them, or drop --strict to skip them")
     warnings.warn(f"skipping {len(bad)} unreadable image(s): {names}")
-    bad = set(bad)
     return items.filter(lambda o: o not in bad)
 
 # %% ../nbs/00_data.ipynb #5555408b
@@ -170,16 +263,17 @@ def default_num_workers() -> int:
 
 # %% ../nbs/00_data.ipynb #9437abd6
 def cifar_dls(path, bs=128, subset=None, seed=None, num_workers=None, aug=True, dropout_p=0.5, item_tfms=None, batch_tfms=None,
-              stats=None, check_images=True, strict=False, device=None, **kwargs) -> DataLoaders:
+              stats=None, strict=False, device=None, **kwargs) -> DataLoaders:
     "`DataLoaders` for CIFAR-10 in fastai's layout under `path`, augmented (training split only; CoarseDropout with probability `dropout_p`) unless `aug=False`"
     path = check_layout(path)
+    fns,images,bad = decoded_images(path)
     mean,std = stats or dataset_stats(path)
-    items = cifar_items(path, subset, seed)
-    if check_images: items = _drop_bad_images(items, strict)
+    items = _drop_bad_images(cifar_items(path, subset, seed), bad, strict)
     if item_tfms is None: item_tfms = [AlbumentationsTransform(cifar_augs(mean, dropout_p=dropout_p))] if aug else []
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=_class_dirs(path/'train'))),
-                       splitter=GrandparentSplitter(train_name='train', valid_name='test'),
-                       get_y=parent_label, item_tfms=item_tfms,
-                       batch_tfms=[*L(batch_tfms), Normalize.from_stats(mean, std)])
+    dsets = Datasets(items, tfms=[[CachedImage(fns, images)], [parent_label, Categorize(vocab=_class_dirs(path/'train'))]],
+                     splits=GrandparentSplitter(train_name='train', valid_name='test')(items))
     if num_workers is None: num_workers = default_num_workers()
-    return dblock.dataloaders(items, bs=bs, num_workers=num_workers, device=device, **kwargs)
+    cuda = torch.device(device or default_device()).type=='cuda'
+    return dsets.dataloaders(bs=bs, after_item=item_tfms, after_batch=[IntToFloatTensor, *L(batch_tfms), Normalize.from_stats(mean, std)],
+                             create_batch=collate_images, num_workers=num_workers, device=device, pin_memory=cuda,
+                             persistent_workers=cuda and num_workers>0, **kwargs)
