@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #5d461fc2
 from __future__ import annotations
-import itertools, json, os, platform, random, re, shlex, sys, time, warnings
+import itertools, json, os, platform, random, re, shlex, subprocess, sys, time, warnings
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import albumentations, fastai, torch
@@ -14,11 +14,11 @@ from .model import check_arch, count_macs, count_params, get_model, receptive_fi
 
 # %% auto #0
 __all__ = ['TRAIN_DEFAULTS', 'RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint',
-           'TrainingDiverged', 'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'command_line',
-           'device_name', 'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal', 'check_resume_settings',
-           'check_settings', 'train', 'StopAfter', 'finish_run', 'check_model_file', 'load_model', 'load_images',
-           'tta_views', 'predict_probs', 'evaluate', 'distill_loss', 'Distill', 'distill_from', 'tta_accuracy',
-           'runs_table', 'summarize_runs']
+           'TrainingDiverged', 'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'git_state',
+           'command_line', 'device_name', 'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal',
+           'check_resume_settings', 'check_settings', 'train', 'StopAfter', 'finish_run', 'check_model_file',
+           'load_model', 'load_images', 'tta_views', 'predict_probs', 'evaluate', 'distill_loss', 'Distill',
+           'distill_from', 'tta_accuracy', 'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
@@ -132,6 +132,15 @@ def versions() -> dict:
     return dict(cifar_fastai=cifar_fastai.__version__, fastai=fastai.__version__, torch=torch.__version__,
                 albumentations=albumentations.__version__, python=platform.python_version())
 
+def git_state() -> dict:
+    "The git commit of the checkout this package runs from, and whether its tracked files were unchanged (empty outside a checkout)"
+    import cifar_fastai
+    def git(*args): return subprocess.run(['git', *args], cwd=Path(cifar_fastai.__file__).parent, capture_output=True, text=True, timeout=30)
+    try: head = git('rev-parse', 'HEAD')
+    except (OSError, subprocess.SubprocessError): return {}
+    if head.returncode: return {}
+    return dict(git_commit=head.stdout.strip(), git_clean=not git('status', '--porcelain', '--untracked-files=no').stdout.strip())
+
 def command_line() -> str:
     "The command that started this process, as it would be typed: a console script by its name, a Python script as `python path`"
     prog,*args = sys.argv
@@ -230,7 +239,7 @@ def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset
         path = get_cifar10(data)
         out = check_out_dir(out, force)
         for f in RUN_FILES: (out/f).unlink(missing_ok=True)
-        cfg = dict(data=str(path), **settings, teacher=None if teacher is None else str(teacher), argv=sys.argv)
+        cfg = dict(data=str(path), **settings, teacher=None if teacher is None else str(teacher), argv=sys.argv, **git_state())
         state = None
     if stop_after is not None and not 0 < stop_after < cfg['epochs']: raise ValueError(f"stop_after must be between 1 and {cfg['epochs']-1}")
     if cfg['seed'] is not None: set_seed(cfg['seed'], reproducible=True)
