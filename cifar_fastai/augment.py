@@ -41,10 +41,10 @@ def cifar_augs(mean, flip_p=0.5, shift_limit=0.0625, scale_limit=0.1, rotate_lim
 def fired(out, orig, fill) -> tuple:
     "Which of (flip, affine, hole) changed the `HxWxC` image `orig` into `out`, for a test image built by `probe_image`"
     hole = (out==np.asarray(fill, dtype=out.dtype)).all(-1)
-    flip = out[:, :16].mean() > out[:, 16:].mean()
-    keep = ~hole
+    half = out.shape[1]//2
+    flip = out[:, :half].mean() > out[:, half:].mean()
     ref = orig[:, ::-1] if flip else orig
-    return bool(flip), bool((np.abs(out.astype(int)-ref)[keep] > 1).any()), bool(hole.sum() >= 256)
+    return bool(flip), bool((np.abs(out.astype(int)-ref)[~hole] > 1).any()), bool(hole.sum() >= 256)
 
 def probe_image(size=32) -> np.ndarray:
     "A `uint8` image on which `fired` can see each transform: dark left half, bright right half, prime-period stripes, no pure fill colour"

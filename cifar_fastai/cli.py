@@ -10,14 +10,15 @@ from datetime import datetime
 from fastai.vision.all import *
 from fastcore.script import call_parse, Param, store_true # after fastai's star import, which has a `Param` of its own
 from .augment import cifar_augs
-from .data import DataError, cifar_dls, dataset_stats, decoded_images, get_cifar10, save_atomic
+from .data import DataError, cifar_dls, dataset_stats, decode_image, decoded_images, get_cifar10, save_atomic
 from .model import check_arch, compare_archs, get_model, model_summary, receptive_field
 from .train import RunExists, TrainingDiverged, _find_lr, bars_only_on_terminal, cifar_learner
-from .train import TRAIN_DEFAULTS, command_line, device_name, evaluate, load_model, predict_probs, train
+from .train import TRAIN_DEFAULTS, command_line, device_name, evaluate, image_probs, load_model, train
 
 # %% auto #0
 __all__ = ['cli_errors', 'default_out', 'check_new_file', 'save_json', 'set_threads', 'cifar_train', 'cifar_lr_find',
-           'cifar_eval', 'cifar_predict', 'cifar_summary', 'bench', 'cifar_bench']
+           'cifar_eval', 'image_paths', 'read_images', 'prediction_rows', 'cifar_predict', 'cifar_summary', 'bench',
+           'cifar_bench']
 
 # %% ../nbs/04_cli.ipynb #9129e620
 def _warning_line(message, *args, **kwargs):
@@ -51,9 +52,9 @@ def default_out(name) -> str:
     return f"runs/{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 # %% ../nbs/04_cli.ipynb #f1e062d9
-def check_new_file(fname):
-    "Refuse, with a one-line error, a results file `fname` that already exists (`None` passes)"
-    if fname is not None and Path(fname).exists(): raise RunExists(f"{fname} already exists: pass a new --json_out file name")
+def check_new_file(fname, option='--json_out'):
+    "Refuse, with a one-line error naming `option`, a results file `fname` that already exists (`None` passes)"
+    if fname is not None and Path(fname).exists(): raise RunExists(f"{fname} already exists: pass a new {option} file name")
 
 def save_json(fname, obj):
     "Write `obj`, with the command line that made it, as JSON into `fname`, atomically, when `fname` is not `None`"
@@ -86,7 +87,7 @@ def cifar_train(
     force:store_true=False, # overwrite a run folder that already holds results
     resume:str=None, # continue the interrupted run in this folder with its own settings (--data or --teacher if they have moved)
     stop_after:int=None, # stop after this many epochs of the schedule, leaving a checkpoint for --resume
-    teacher:str=None, # a run's model.pkl or weights.pth to learn from as well as from the labels (knowledge distillation)
+    teacher:str=None, # a run's model.safetensors (or model.pkl, weights.pth) to learn from as well as from the labels (knowledge distillation)
     temperature:float=None, # with --teacher, the temperature that softens both models' predictions (default: 4.0)
     teacher_weight:float=None, # with --teacher, the weight of the teacher's part of the loss, the labels' being 1 minus it (default: 0.9)
     debug:store_true=False, # show tracebacks
@@ -126,7 +127,7 @@ def cifar_lr_find(
 # %% ../nbs/04_cli.ipynb #e2242e99
 @call_parse
 def cifar_eval(
-    model:str=None, # a run's model.pkl, or its weights.pth (safe to load; needs metrics.json beside it)
+    model:str=None, # a run's model.safetensors (safe, self-contained), model.pkl (a pickle), or an older run's weights.pth
     data:str=None, # CIFAR-10 folder or .tgz (default: $CIFAR10_DATA, else download)
     bs:int=128, # batch size
     tta:store_true=False, # average each image's probabilities with its mirror image's
@@ -136,7 +137,7 @@ def cifar_eval(
 ):
     "Print the test accuracy, overall and per class, of a trained model on the test split"
     with cli_errors(debug):
-        if model is None: raise DataError("pass --model the model.pkl or weights.pth of a run")
+        if model is None: raise DataError("pass --model the model.safetensors (or model.pkl) of a run")
         check_new_file(json_out)
         path = get_cifar10(data)
         acc,per_class = evaluate(*load_model(model), path, bs, tta, shift)
@@ -148,18 +149,68 @@ def cifar_eval(
         print(f"test accuracy{how}: {100*acc:.2f}%")
 
 # %% ../nbs/04_cli.ipynb #6a9325ca
+def image_paths(paths) -> L:
+    "The paths in `paths`, each folder replaced by the image files under it, searched recursively"
+    return L(itertools.chain.from_iterable(get_image_files(p) if Path(p).is_dir() else [Path(p)] for p in paths))
+
+def read_images(fns, size=32) -> tuple:
+    "`(read, batch)`: the files of `fns` that are readable images, and those images as a `uint8` batch `(N,3,size,size)`; a line on stderr names each other file"
+    read,ims = [],[]
+    for fn in fns:
+        try: ims.append(decode_image(fn, size))
+        except (OSError, ValueError) as e:
+            print(f"error: {fn} is missing or not an image ({type(e).__name__}): skipped", file=sys.stderr)
+            continue
+        read.append(fn)
+    return read,(torch.from_numpy(np.stack(ims)).permute(0,3,1,2) if ims else None)
+
+def prediction_rows(fns, probs, vocab, top_k=1) -> list:
+    "One dict per image: its path, predicted class and probability, and the `top_k` classes with theirs"
+    rows = []
+    for fn,p in zip(fns, probs):
+        vals,idxs = p.topk(min(top_k, len(vocab)))
+        top = [(vocab[i], round(v, 4)) for v,i in zip(vals.tolist(), idxs.tolist())]
+        rows.append(dict(path=str(fn), prediction=top[0][0], probability=top[0][1], top_k=top))
+    return rows
+
+def _show_progress(done, total):
+    "A progress bar on stderr, redrawn in place, when stderr is a terminal"
+    if not sys.stderr.isatty(): return
+    n = 30*done//total
+    print(f"\r[{'#'*n}{'-'*(30-n)}] {done:,}/{total:,} images", end='\n' if done==total else '', file=sys.stderr, flush=True)
+
+# %% ../nbs/04_cli.ipynb #a194dea0
 @call_parse
 def cifar_predict(
-    images:Param("image files to classify", str, nargs='+'),
-    model:str=None, # a run's model.pkl, or its weights.pth (safe to load; needs metrics.json beside it)
+    images:Param("image files, or folders to search for them (recursively)", str, nargs='+'),
+    model:str=None, # a run's model.safetensors (safe, self-contained), model.pkl (a pickle), or an older run's weights.pth
+    tta:store_true=False, # average each image's probabilities with its mirror image's
+    shift:int=0, # with --tta, also average over both moved this many px each way
+    top_k:int=1, # also print the next most likely classes, up to this many in all
+    csv:str=None, # also write one row per image (path, prediction, probability, top_k) to this new CSV file
+    json_out:str=None, # also write the same rows to this new JSON file
+    bs:int=128, # images per batch
     debug:store_true=False, # show tracebacks
 ):
-    "Print the predicted class and its probability for each image"
+    "Print the predicted class and its probability for each image; name each unreadable one on stderr and exit with status 2 if there were any"
     with cli_errors(debug):
-        if model is None: raise DataError("pass --model the model.pkl or weights.pth of a run")
+        if model is None: raise DataError("pass --model the model.safetensors (or model.pkl) of a run")
+        if top_k < 1: raise ValueError(f"top_k must be at least 1, got {top_k}")
+        check_new_file(csv, '--csv'); check_new_file(json_out)
         net,vocab,stats = load_model(model)
-        probs = predict_probs(net, stats, images)
-        for fn,p in zip(images, probs): print(f"{fn}: {vocab[p.argmax()]} ({p.max():.3f})")
+        fns = image_paths(images)
+        if not fns: raise DataError(f"no image files in {', '.join(images)}: pass image files, or folders that hold some")
+        rows,done = [],0
+        for chunk in chunked(fns, bs):
+            read,x = read_images(chunk)
+            if read: rows += prediction_rows(read, image_probs(net, stats, x, tta, shift), vocab, top_k)
+            for r in rows[len(rows)-len(read):]:
+                print(f"{r['path']}: " + ', '.join(f"{c} ({p:.3f})" for c,p in r['top_k']))
+            done += len(chunk)
+            _show_progress(done, len(fns))
+        if csv: save_atomic(Path(csv), lambda f: pd.DataFrame([{**r, 'top_k': ' '.join(f"{c}:{p}" for c,p in r['top_k'])} for r in rows]).to_csv(f, index=False))
+        save_json(json_out, dict(model=str(model), tta=tta, shift=shift, predictions=rows))
+        if len(rows) < len(fns): sys.exit(2)
 
 # %% ../nbs/04_cli.ipynb #40478049
 @call_parse
@@ -195,15 +246,18 @@ def _loader_rate(dl, n_batches) -> float:
 
 # %% ../nbs/04_cli.ipynb #5cd35780
 def bench(data=None, arch='default', bs=128, n_batches=20, epoch=False, num_workers=None) -> dict:
-    "Images per second of the bare augmentation, the loader (in one process, and with its workers) and the training step; optionally one epoch's seconds"
+    "Images per second of the bare augmentation and the loader in one process (medians of three turns), the loader with its workers, and the training step; optionally one epoch's seconds"
     path = get_cifar10(data)
     fns,images,_ = decoded_images(path)
     aug,imgs = cifar_augs(dataset_stats(path)[0]),[np.asarray(images[i]) for i in range(min(256, len(fns)))]
-    it = itertools.count()
-    res = dict(machine=device_name(), arch=arch, bs=bs,
-               augment_images_per_s=round(_rate(lambda: aug(image=imgs[next(it)%len(imgs)]), 2000)))
-    res['loader_images_per_s_per_process'] = round(_loader_rate(cifar_dls(path, bs=bs, num_workers=0).train, n_batches))
-    res['loader_share_of_augment'] = round(res['loader_images_per_s_per_process']/res['augment_images_per_s'], 2)
+    it,one = itertools.count(),cifar_dls(path, bs=bs, num_workers=0).train
+    bare,loader = [],[] # in turns, three times, so that both see the same moments of a noisy machine
+    for _ in range(3):
+        bare.append(_rate(lambda: aug(image=imgs[next(it)%len(imgs)]), n_batches*bs))
+        loader.append(_loader_rate(one, n_batches))
+    res = dict(machine=device_name(), arch=arch, bs=bs, augment_images_per_s=round(np.median(bare)),
+               loader_images_per_s_per_process=round(np.median(loader)))
+    res['loader_share_of_augment'] = round(np.median(np.array(loader)/np.array(bare)), 2)
     dls = cifar_dls(path, bs=bs, num_workers=num_workers)
     res['num_workers'] = dls.train.fake_l.num_workers
     res['loader_images_per_s'] = round(_loader_rate(dls.train, n_batches))

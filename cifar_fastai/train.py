@@ -8,17 +8,21 @@ import itertools, json, os, platform, random, re, shlex, subprocess, sys, time, 
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import albumentations, fastai, torch
+from typing import NamedTuple
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from fastai.vision.all import *
 from .data import DataError, cifar_dls, get_cifar10, save_atomic
 from .model import check_arch, count_macs, count_params, get_model, receptive_field
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'RUN_FILES', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint',
-           'TrainingDiverged', 'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions', 'git_state',
-           'command_line', 'device_name', 'run_devices', 'plot_history', 'save_plots', 'bars_only_on_terminal',
-           'check_resume_settings', 'check_settings', 'train', 'StopAfter', 'finish_run', 'check_model_file',
-           'load_model', 'load_images', 'tta_views', 'predict_probs', 'evaluate', 'distill_loss', 'Distill',
-           'distill_from', 'tta_accuracy', 'runs_table', 'summarize_runs']
+__all__ = ['TRAIN_DEFAULTS', 'RUN_FILES', 'MODEL_FORMAT', 'cifar_learner', 'RunLogger', 'rng_states', 'set_rng_states',
+           'Checkpoint', 'TrainingDiverged', 'StopOnNaN', 'RunExists', 'check_out_dir', 'data_summary', 'versions',
+           'git_state', 'command_line', 'device_name', 'run_devices', 'plot_history', 'save_plots',
+           'bars_only_on_terminal', 'check_resume_settings', 'check_settings', 'train', 'StopAfter', 'save_safetensors',
+           'export_lean', 'finish_run', 'TrainedModel', 'check_model_file', 'load_model', 'load_images', 'tta_views',
+           'image_probs', 'predict_probs', 'evaluate', 'distill_loss', 'Distill', 'distill_from', 'tta_accuracy',
+           'runs_table', 'summarize_runs']
 
 # %% ../nbs/03_train.ipynb #5ba14e5b
 TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=None, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
@@ -106,7 +110,7 @@ class StopOnNaN(Callback):
         if bad: self._stop(f"the model's {bad[0]} became non-finite")
 
 # %% ../nbs/03_train.ipynb #2ce4f23c
-RUN_FILES = ('run.json', 'checkpoint.pth', 'history.csv', 'metrics.json', 'model.pkl', 'weights.pth', 'command.txt',
+RUN_FILES = ('run.json', 'checkpoint.pth', 'history.csv', 'metrics.json', 'model.pkl', 'model.safetensors', 'weights.pth', 'command.txt',
              'lr_find.png', 'curves.png', 'confusion_matrix.png', 'top_losses.png')
 
 class RunExists(ValueError): "The output folder already holds a run"
@@ -281,16 +285,37 @@ class StopAfter(Callback):
     def after_epoch(self):
         if self.epoch+1 >= self.n: raise CancelFitException
 
+# %% ../nbs/03_train.ipynb #a11489c5
+MODEL_FORMAT = 'cifar_fastai' # the `format` metadata of a `model.safetensors` that `save_safetensors` wrote
+
+def save_safetensors(fname, model, arch, vocab, stats, test_accuracy=None):
+    "Write `model`'s weights to the safetensors file `fname`, with what `load_model` needs to use them alone in its metadata"
+    meta = dict(format=MODEL_FORMAT, arch=arch, vocab=json.dumps(list(vocab)), stats=json.dumps([list(o) for o in stats]),
+                params=str(count_params(model)), test_accuracy=json.dumps(test_accuracy), cifar_fastai=versions()['cifar_fastai'])
+    save_atomic(fname, lambda f: save_file({k:v.contiguous() for k,v in model.state_dict().items()}, str(f), metadata=meta))
+
+
 # %% ../nbs/03_train.ipynb #b8af25ed
+def export_lean(learn, fname):
+    "`learn.export(fname)` without what only training needs: the Recorder's per-batch history and the datasets' split indices"
+    rec,tls = learn.recorder,[tl for dl in learn.dls.loaders for tl in dl.dataset.tls]
+    hist,splits = {k:getattr(rec, k) for k in ('lrs','iters','losses','values','hps') if hasattr(rec, k)},[tl.splits for tl in tls]
+    for k in hist: setattr(rec, k, [] if k!='hps' else {})
+    for tl in tls: tl.splits = L()
+    try: learn.export(fname)
+    finally:
+        for k,v in hist.items(): setattr(rec, k, v)
+        for tl,s in zip(tls, splits): tl.splits = s
+
 def finish_run(learn, out, cfg, history) -> dict:
     "Write the final artifacts of a finished run into `out` and return its metrics (time: its epochs', over all sessions)"
     h = pd.DataFrame(list(history))
     plot_history(h, out/'curves.png')
     save_plots(learn, out)
-    learn.export('model.pkl') # into `learn.path`, which is `out`
-    torch.save(learn.model.state_dict(), out/'weights.pth')
     started,*resumed = (out/'command.txt').read_text().splitlines() # as typed, one line per start or resume
     mean,std = learn.dls.after_batch.normalize.mean.flatten().tolist(),learn.dls.after_batch.normalize.std.flatten().tolist()
+    save_safetensors(out/'model.safetensors', learn.model, cfg['arch'], learn.dls.vocab, (mean, std), float(h.test_accuracy.iloc[-1]))
+    export_lean(learn, 'model.pkl') # into `learn.path`, which is `out`
     metrics = dict(test_accuracy=float(h.test_accuracy.iloc[-1]), best_test_accuracy=float(h.test_accuracy.max()),
                    best_epoch=int(h.epoch[h.test_accuracy.idxmax()]), test_loss=float(h.test_loss.iloc[-1]),
                    params=count_params(learn.model), receptive_field=int(receptive_field(learn.model).rf.iloc[-1]),
@@ -305,24 +330,46 @@ def finish_run(learn, out, cfg, history) -> dict:
     return metrics
 
 # %% ../nbs/03_train.ipynb #567d278f
+class TrainedModel(NamedTuple):
+    "A trained `model` with its class names `vocab` and normalisation `stats`, as `load_model` returns it"
+    model: nn.Module; vocab: list; stats: tuple
+    def probs(self, fns, bs=128, tta=False, shift=0) -> Tensor:
+        "Class probabilities for the image files `fns` (see `predict_probs`)"
+        return predict_probs(self.model, self.stats, fns, bs, tta, shift)
+
 def check_model_file(fname, option='--model') -> Path:
     "`fname` as a `Path`, stopping with one line that names `option` if it is not a file"
     fname = Path(fname)
-    if not fname.is_file(): raise DataError(f"{fname} does not exist: pass {option} the model.pkl or weights.pth of a run")
+    if not fname.is_file(): raise DataError(f"{fname} does not exist: pass {option} the model.safetensors, model.pkl or weights.pth of a run")
     return fname
 
-def load_model(fname, option='--model') -> tuple:
-    "`(model, vocab, stats)` from a run's `model.pkl` (a pickle: trusted files only) or `weights.pth` (safe, with its `metrics.json`)"
-    fname = check_model_file(fname, option)
-    if fname.suffix=='.pkl':
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore') # fastai's warning about pickles: the README says which file is safe
-                learn = load_learner(fname, cpu=True)
-        except Exception as e:
-            raise DataError(f"{fname} is not a model exported by cifar_train ({type(e).__name__}): pass the model.pkl or weights.pth of a run") from None
-        norm = learn.dls.after_batch.normalize
-        return learn.model.eval(),list(learn.dls.vocab),(norm.mean.flatten().tolist(), norm.std.flatten().tolist())
+def _load_safetensors(fname) -> tuple:
+    "`(model, vocab, stats)` from a `model.safetensors` that `save_safetensors` wrote"
+    try:
+        with safe_open(fname, 'pt') as f: meta = f.metadata() or {}
+    except Exception as e: raise DataError(f"{fname} is not a safetensors file ({type(e).__name__}): pass the model.safetensors of a run") from None
+    if meta.get('format') != MODEL_FORMAT or not {'arch','vocab','stats'} <= set(meta):
+        raise DataError(f"{fname} has no cifar_fastai metadata (arch, classes, statistics): pass a model.safetensors written by cifar_train")
+    vocab = json.loads(meta['vocab'])
+    model = get_model(meta['arch'], n_out=len(vocab))
+    try: model.load_state_dict(load_file(fname))
+    except Exception as e:
+        raise DataError(f"{fname} does not hold the weights of a {meta['arch']} model ({type(e).__name__}): pass the model.safetensors of a run") from None
+    return model,vocab,tuple(json.loads(meta['stats']))
+
+def _load_pickle(fname) -> tuple:
+    "`(model, vocab, stats)` from a `model.pkl` that `learn.export` wrote (a pickle: trusted files only)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore') # fastai's warning about pickles: the README says which file is safe
+            learn = load_learner(fname, cpu=True)
+    except Exception as e:
+        raise DataError(f"{fname} is not a model exported by cifar_train ({type(e).__name__}): pass the model.safetensors or model.pkl of a run") from None
+    norm = learn.dls.after_batch.normalize
+    return learn.model,list(learn.dls.vocab),(norm.mean.flatten().tolist(), norm.std.flatten().tolist())
+
+def _load_weights(fname) -> tuple:
+    "`(model, vocab, stats)` from a run's `weights.pth` and the `metrics.json` beside it"
     meta = fname.parent/'metrics.json'
     if not meta.exists(): raise DataError(f"{meta} is missing: {fname.name} needs the metrics.json of its run beside it")
     m = json.loads(meta.read_text())
@@ -330,7 +377,14 @@ def load_model(fname, option='--model') -> tuple:
     try: model.load_state_dict(torch.load(fname, map_location='cpu', weights_only=True))
     except Exception as e:
         raise DataError(f"{fname} does not hold the weights of a {m['arch']} model ({type(e).__name__}): pass the weights.pth of that run") from None
-    return model.eval(),m['vocab'],tuple(m['stats'])
+    return model,m['vocab'],tuple(m['stats'])
+
+def load_model(fname, option='--model') -> TrainedModel:
+    "The model in a run's `model.safetensors` (safe, self-contained), `model.pkl` (a pickle: trusted files only) or `weights.pth` (safe, with its `metrics.json`)"
+    fname = check_model_file(fname, option)
+    load = {'.safetensors': _load_safetensors, '.pkl': _load_pickle}.get(fname.suffix, _load_weights)
+    model,vocab,stats = load(fname)
+    return TrainedModel(model.eval(), list(vocab), stats)
 
 # %% ../nbs/03_train.ipynb #03971a74
 def load_images(fns, size=32) -> Tensor:
@@ -354,17 +408,16 @@ def tta_views(x, shift=0) -> list:
     moved = [padded[..., shift+dy:shift+dy+h, shift+dx:shift+dx+w] for dx,dy in ((shift,0),(-shift,0),(0,shift),(0,-shift))]
     return views + moved + [o.flip(-1) for o in moved]
 
-def predict_probs(model, stats, fns, bs=128, tta=False, shift=0) -> Tensor:
-    "Class probabilities of `model` for the image files `fns`, normalised as in training; `tta` averages over `tta_views(x, shift)`"
+def image_probs(model, stats, x, tta=False, shift=0) -> Tensor:
+    "Class probabilities of `model` for the `uint8` batch `x` `(N,3,H,W)`, normalised with `stats`; `tta` averages over `tta_views(x, shift)`"
     if shift and not tta: raise ValueError(f"a shift of {shift} px is test-time augmentation: pass --tta with --shift")
     mean,std = (tensor(o).view(1,3,1,1) for o in stats)
-    probs = []
-    with torch.no_grad():
-        for chunk in chunked(fns, bs):
-            x = (load_images(chunk).float()/255 - mean)/std
-            views = tta_views(x, shift) if tta else [x]
-            probs.append(torch.stack([model(v).float().softmax(-1) for v in views]).mean(0))
-    return torch.cat(probs)
+    x = (x.float()/255 - mean)/std
+    with torch.no_grad(): return torch.stack([model(v).float().softmax(-1) for v in (tta_views(x, shift) if tta else [x])]).mean(0)
+
+def predict_probs(model, stats, fns, bs=128, tta=False, shift=0) -> Tensor:
+    "Class probabilities of `model` for the image files `fns`, normalised as in training; `tta` averages over `tta_views(x, shift)`"
+    return torch.cat([image_probs(model, stats, load_images(chunk), tta, shift) for chunk in chunked(fns, bs)])
 
 # %% ../nbs/03_train.ipynb #fe253c50
 def evaluate(model, vocab, stats, data=None, bs=128, tta=False, shift=0) -> tuple:
@@ -401,7 +454,7 @@ class Distill(Callback):
 
 # %% ../nbs/03_train.ipynb #fdf46f47
 def distill_from(teacher, dls, T=4., teacher_weight=0.9) -> Distill:
-    "A `Distill` callback from the run file `teacher` (`model.pkl` or `weights.pth`), checked to know the classes of `dls`"
+    "A `Distill` callback from the run file `teacher` (`model.safetensors`, `model.pkl` or `weights.pth`), checked to know the classes of `dls`"
     net,vocab,stats = load_model(teacher, option='--teacher')
     if vocab!=list(dls.vocab): raise DataError(f"{teacher} was trained on other classes ({', '.join(vocab)}): pass --teacher a run on this data's classes")
     return Distill(net, stats, T, teacher_weight)

@@ -182,15 +182,15 @@ def trained_run(trained_job) -> tuple:
 
 # ---- a run that learns from the shared run (A: --teacher)
 def _student(cli, data, out, trained_job):
-    "Once the shared run is done, train like `full0` below (3 epochs, --lr 0.01) with its weights.pth as --teacher"
+    "Once the shared run is done, train like `full0` below (3 epochs, --lr 0.01) with its model.safetensors as --teacher"
     job,teacher = trained_job
     job.result()
-    return cli.run('cifar_train', *train_args(data, out, 3, '--teacher', teacher/'weights.pth'))
+    return cli.run('cifar_train', *train_args(data, out, 3, '--teacher', teacher/'model.safetensors'))
 
 @pytest.fixture(scope='session')
 def student_job(cli, fake_data, session_dir, trained_job) -> tuple:
     out = session_dir/'student'
-    return cli.submit_fn(_student, cli, fake_data, out, trained_job), out, trained_job[1]/'weights.pth'
+    return cli.submit_fn(_student, cli, fake_data, out, trained_job), out, trained_job[1]/'model.safetensors'
 
 # ---- identical 3-epoch runs with a given LR (D: seed, stop/resume)
 def _stop_then_resume(cli, data, out, num_workers):

@@ -8,7 +8,7 @@ from conftest import TOOLS, cifar_classes, read_history
 EPOCH_LINE = re.compile(r'^Epoch (\d+): train loss ([\d.]+), .*test loss ([\d.]+), test accuracy ([\d.]+)%')
 METRIC_KEYS = ('test_accuracy', 'best_test_accuracy', 'params', 'receptive_field', 'epochs', 'arch', 'lr', 'bs', 'seed',
                'seconds', 'device', 'versions')
-RUN_ARTIFACTS = ('model.pkl', 'weights.pth', 'metrics.json', 'history.csv', 'curves.png', 'lr_find.png',
+RUN_ARTIFACTS = ('model.pkl', 'model.safetensors', 'metrics.json', 'history.csv', 'curves.png', 'lr_find.png',
                  'confusion_matrix.png', 'top_losses.png')
 
 def assert_png(fname):
@@ -57,7 +57,7 @@ def test_train_prints_one_line_per_epoch(trained_run):
     h = read_history(run)
     assert float(EPOCH_LINE.match(lines[-1]).group(4)) == pytest.approx(100*h.test_accuracy.iloc[-1], abs=0.006)
 
-@pytest.mark.parametrize('model', ['model.pkl', 'weights.pth'])
+@pytest.mark.parametrize('model', ['model.pkl', 'model.safetensors'])
 def test_eval_matches_metrics(cli, trained_run, fake_data, model):
     _,run = trained_run
     r = cli.run('cifar_eval', '--model', run/model, '--data', fake_data).ok()
@@ -70,7 +70,7 @@ def test_eval_matches_metrics(cli, trained_run, fake_data, model):
 @pytest.mark.parametrize('shift,kind', [(0, 'mirror'), (1, 'mirror+shift')])
 def test_eval_tta_json(cli, trained_run, fake_data, tmp_path, shift, kind):
     _,run = trained_run
-    r = cli.run('cifar_eval', '--model', run/'weights.pth', '--data', fake_data, '--tta', '--shift', str(shift), '--json_out', tmp_path/'eval.json').ok()
+    r = cli.run('cifar_eval', '--model', run/'model.safetensors', '--data', fake_data, '--tta', '--shift', str(shift), '--json_out', tmp_path/'eval.json').ok()
     mo = re.search(rf'test accuracy with {re.escape(kind)} TTA: ([\d.]+)%', r.out)
     assert mo, f"no 'test accuracy with {kind} TTA: NN.NN%' line: {r!r}"
     res = json.loads((tmp_path/'eval.json').read_text())
@@ -90,6 +90,44 @@ def test_predict(cli, trained_run, fake_data):
         assert mo.group(1)==str(img)
         assert mo.group(2) in cifar_classes(), f"{mo.group(2)!r} is not a CIFAR-10 class"
         assert 0 <= float(mo.group(3)) <= 1
+
+def test_predict_batch(cli, trained_run, fake_data, tmp_path):
+    "Folders (searched recursively) and files together; a bad file among good ones is named on stderr and the rest predicted; --top_k, --csv, --json_out"
+    import pandas as pd
+    _,run = trained_run
+    alone = tmp_path/'shared'/'model.safetensors' # the model file alone, as it would be shared
+    alone.parent.mkdir(); alone.write_bytes((run/'model.safetensors').read_bytes())
+    (tmp_path/'broken.png').write_bytes(b'not a png')
+    folder = fake_data/'test'/'cat'
+    n = len(list(folder.glob('*.png')))
+    r = cli.run('cifar_predict', '--model', alone, fake_data/'test'/'ship', tmp_path/'broken.png', folder, '--top_k', 3,
+                '--csv', tmp_path/'p.csv', '--json_out', tmp_path/'p.json')
+    assert r.rc==2, f"an unreadable image must give exit status 2: {r!r}"
+    assert 'Traceback' not in r.err and r.err_lines==[l for l in r.err_lines if 'broken.png' in l] and len(r.err_lines)==1, r
+    lines = [l for l in r.out_lines if l.strip()]
+    assert len(lines)==2*n, f"one line per readable image: {r!r}"
+    for l in lines:
+        classes = re.findall(r'(\w+) \(([\d.]+)\)', l.split(': ', 1)[1])
+        assert len(classes)==3 and all(c in cifar_classes() for c,_ in classes), l
+        probs = [float(p) for _,p in classes]
+        assert probs==sorted(probs, reverse=True) and sum(probs) <= 1.001, l
+    df = pd.read_csv(tmp_path/'p.csv')
+    assert list(df.columns)==['path', 'prediction', 'probability', 'top_k'] and len(df)==2*n
+    assert set(df.path)=={str(p) for p in [*(fake_data/'test'/'ship').glob('*.png'), *folder.glob('*.png')]}
+    rows = json.loads((tmp_path/'p.json').read_text())['predictions']
+    assert [o['prediction'] for o in rows]==list(df.prediction) and all(len(o['top_k'])==3 for o in rows)
+
+def test_predict_tta_is_mean_of_views(cli, trained_run, fake_data, tmp_path):
+    "--tta's probability is the mean of the image's and its mirror image's, each predicted alone"
+    _,run = trained_run
+    img = fake_data/'test'/'dog'/'0000.png'
+    Image.open(img).transpose(Image.FLIP_LEFT_RIGHT).save(tmp_path/'mirror.png')
+    cli.run('cifar_predict', '--model', run/'model.safetensors', img, tmp_path/'mirror.png', '--top_k', 10, '--json_out', tmp_path/'plain.json').ok()
+    plain = json.loads((tmp_path/'plain.json').read_text())['predictions']
+    cli.run('cifar_predict', '--model', run/'model.safetensors', img, '--tta', '--top_k', 10, '--json_out', tmp_path/'tta.json').ok()
+    tta = json.loads((tmp_path/'tta.json').read_text())['predictions'][0]
+    p1,p2 = (dict(map(tuple, o['top_k'])) for o in plain)
+    for c,p in tta['top_k']: assert p == pytest.approx((p1[c]+p2[c])/2, abs=2e-4), (c, p, p1[c], p2[c])
 
 def test_lr_find(lr_find_job):
     job,out = lr_find_job
@@ -120,7 +158,7 @@ def _options(tool):
 # the options each tool has today (a floor: the signature may add more)
 KNOWN_OPTIONS = dict(
     cifar_train='data arch epochs lr bs seed subset out label_smoothing wd dropout_p num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
-    cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model debug',
+    cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model tta shift top_k csv json_out bs debug',
     cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers threads json_out debug')
 
 @pytest.mark.parametrize('tool', TOOLS)
@@ -136,7 +174,7 @@ def test_train_relative_out(relative_out_job):
     job,run = relative_out_job
     r = job.result()
     assert r.rc==0, f"training into a relative --out failed: {r!r}"
-    for f in ('model.pkl', 'weights.pth', 'metrics.json', 'history.csv'): assert (run/f).is_file(), f
+    for f in ('model.pkl', 'model.safetensors', 'metrics.json', 'history.csv'): assert (run/f).is_file(), f
 
 def test_train_threads(relative_out_job):
     "`--threads 1`: the run trained on one PyTorch thread, as its metrics.json records (on a CPU)"

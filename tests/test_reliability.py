@@ -23,6 +23,9 @@ def test_corrupt_image_is_skipped_with_warning(corrupt_jobs):
     r = job.result()
     assert r.rc==0, f"one corrupt image should not stop training: {r!r}"
     assert bad.name in r.err, f"the warning does not name {bad.name}: {r!r}"
+    lines = [l for l in r.err_lines if bad.name in l]
+    assert len(lines)==1 and lines[0].startswith('warning: skipping 1 unreadable image(s)'), f"not one clean warning line: {r!r}"
+    assert 'UserWarning' not in r.err and '.py:' not in r.err, f"the warning shows Python's file and line: {r!r}"
     assert 'Traceback' not in r.out+r.err
     m = json.loads((out/'metrics.json').read_text())
     assert m['train_images'] == 100, "the corrupt image should be left out (100 good training images + 1 corrupt)"
@@ -65,7 +68,7 @@ def test_force_overwrites(forced):
     m = json.loads((run/'metrics.json').read_text())
     assert m['epochs']==1 and m['lr']==0.01, "metrics.json was not overwritten"
     assert list(read_history(run).epoch)==[1]
-    for f in ('model.pkl', 'weights.pth', 'curves.png', 'confusion_matrix.png', 'top_losses.png'):
+    for f in ('model.pkl', 'model.safetensors', 'curves.png', 'confusion_matrix.png', 'top_losses.png'):
         assert (run/f).stat().st_mtime >= t0, f"{f} was not rewritten"
 
 def test_force_leaves_no_file_of_the_old_run(forced):

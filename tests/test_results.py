@@ -1,5 +1,6 @@
 """The committed run folders in `results/` stay usable: each `weights.pth` loads into the network its `metrics.json` names,
-and each model meets the assignment's rules"""
+each `model.safetensors` loads alone and holds the same weights as the run's other model file, and each model meets the
+assignment's rules"""
 import csv, json
 from pathlib import Path
 import pytest
@@ -14,6 +15,16 @@ def test_weights_load_under_recorded_arch(run):
     "Changing an `ARCHS` spec that a committed run was trained with makes this fail: register a new name instead"
     model = load_model(run/'weights.pth')[0]
     assert count_params(model) == json.loads((run/'metrics.json').read_text())['params']
+
+@pytest.mark.parametrize('run', [r for r in RUNS if (r/'model.safetensors').exists()], ids=lambda r: str(r.relative_to(RESULTS)))
+def test_safetensors_match_run(run):
+    "A committed `model.safetensors` carries its run's arch, classes, statistics and accuracy, and the weights of its `model.pkl`"
+    import torch
+    m = json.loads((run/'metrics.json').read_text())
+    st,pkl = load_model(run/'model.safetensors'),load_model(run/'model.pkl')
+    assert (st.vocab, count_params(st.model)) == (m['vocab'], m['params'])
+    assert [x for o in st.stats for x in o] == pytest.approx([x for o in m['stats'] for x in o])
+    for (k,a),b in zip(st.model.state_dict().items(), pkl.model.state_dict().values()): assert torch.equal(a, b), k
 
 @pytest.mark.parametrize('run', [r for r in RUNS if r.parent.name=='candidates'], ids=lambda r: r.name)
 def test_candidate_is_registered_arch(run):
