@@ -12,7 +12,7 @@ from typing import NamedTuple
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from fastai.vision.all import *
-from .data import DataError, cifar_dls, get_cifar10, save_atomic
+from .data import DataError, cifar_dls, decode_image, get_cifar10, save_atomic
 from .model import check_arch, count_macs, count_params, get_model, receptive_field
 
 # %% auto #0
@@ -300,7 +300,7 @@ def export_lean(learn, fname):
     "`learn.export(fname)` without what only training needs: the Recorder's per-batch history and the datasets' split indices"
     rec,tls = learn.recorder,[tl for dl in learn.dls.loaders for tl in dl.dataset.tls]
     hist,splits = {k:getattr(rec, k) for k in ('lrs','iters','losses','values','hps') if hasattr(rec, k)},[tl.splits for tl in tls]
-    for k in hist: setattr(rec, k, [] if k!='hps' else {})
+    for k,v in hist.items(): setattr(rec, k, type(v)())
     for tl in tls: tl.splits = L()
     try: learn.export(fname)
     finally:
@@ -391,11 +391,9 @@ def load_images(fns, size=32) -> Tensor:
     "A uint8 batch `(N,3,size,size)` of the image files `fns`, resized to `size` where needed"
     ims = []
     for fn in fns:
-        try: img = PILImage.create(fn)
-        except Exception: raise DataError(f"{fn} is missing or not an image: pass image files (PNG, JPEG, ...)") from None
-        if img.size != (size,size): img = img.resize((size,size))
-        ims.append(torch.from_numpy(np.array(img)).permute(2,0,1))
-    return torch.stack(ims)
+        try: ims.append(decode_image(fn, size))
+        except (OSError, ValueError): raise DataError(f"{fn} is missing or not an image: pass image files (PNG, JPEG, ...)") from None
+    return torch.from_numpy(np.stack(ims)).permute(0,3,1,2)
 
 # %% ../nbs/03_train.ipynb #7716cc44
 def tta_views(x, shift=0) -> list:
