@@ -11,7 +11,7 @@ build_docs = root/'tools'/'build_docs'
 # `build_docs` runs on `python3` from the PATH: make that this environment's
 env = {**os.environ, 'PATH': f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}'}
 api = {'data.html': 'cifar_dls', 'augment.html': 'AlbumentationsTransform', 'model.html': 'receptive_field',
-       'train.html': 'cifar_learner'}
+       'learner.html': 'cifar_learner', 'inference.html': 'load_model', 'report.html': 'runs_table', 'train.html': 'train'}
 
 def notebooks(path=root/'nbs'):
     "The notebooks nbdev renders under `path`, index first"

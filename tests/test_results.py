@@ -1,14 +1,24 @@
 """The committed run folders in `results/` stay usable: each `weights.pth` loads into the network its `metrics.json` names,
-each `model.safetensors` loads alone and holds the same weights as the run's other model file, and each model meets the
-assignment's rules"""
+each `model.safetensors` loads alone and holds the same weights as the run's other model file, each model meets the
+assignment's rules, and the folder stays small: `model.pkl` only in the headline runs, the rest keeping their weights"""
 import csv, json
 from pathlib import Path
 import pytest
 from cifar_fastai.model import ARCH_BUDGETS, check_rules, count_params, get_model
-from cifar_fastai.train import load_model
+from cifar_fastai.inference import load_model
 
 RESULTS = Path(__file__).resolve().parents[1]/'results'
 RUNS = sorted(f.parent for f in RESULTS.rglob('metrics.json'))
+MODEL_FILES = ('model.pkl', 'model.safetensors', 'weights.pth') # the first a run has is the one its tests load
+
+def model_file(run):
+    "The model file of `run` that the tests load: its `model.pkl` where it has one"
+    return next((run/f for f in MODEL_FILES if (run/f).exists()), None)
+
+def test_results_small():
+    "`results/` stays under 40 MB: `model.pkl` (the weights and the pickled `Learner`) in at most 12 headline runs"
+    assert sum(f.stat().st_size for f in RESULTS.rglob('*') if f.is_file()) < 40e6
+    assert len(list(RESULTS.rglob('model.pkl'))) <= 12
 
 @pytest.mark.parametrize('run', [r for r in RUNS if (r/'weights.pth').exists()], ids=lambda r: str(r.relative_to(RESULTS)))
 def test_weights_load_under_recorded_arch(run):
@@ -18,10 +28,11 @@ def test_weights_load_under_recorded_arch(run):
 
 @pytest.mark.parametrize('run', [r for r in RUNS if (r/'model.safetensors').exists()], ids=lambda r: str(r.relative_to(RESULTS)))
 def test_safetensors_match_run(run):
-    "A committed `model.safetensors` carries its run's arch, classes, statistics and accuracy, and the weights of its `model.pkl`"
+    "A committed `model.safetensors` carries its run's arch, classes, statistics and accuracy, and the weights of its other model file"
     import torch
     m = json.loads((run/'metrics.json').read_text())
-    st,pkl = load_model(run/'model.safetensors'),load_model(run/'model.pkl')
+    other = next((run/f for f in ('model.pkl', 'weights.pth') if (run/f).exists()), run/'model.safetensors')
+    st,pkl = load_model(run/'model.safetensors'),load_model(other)
     assert (st.vocab, count_params(st.model)) == (m['vocab'], m['params'])
     assert [x for o in st.stats for x in o] == pytest.approx([x for o in m['stats'] for x in o])
     for (k,a),b in zip(st.model.state_dict().items(), pkl.model.state_dict().values()): assert torch.equal(a, b), k
@@ -29,16 +40,16 @@ def test_safetensors_match_run(run):
 @pytest.mark.parametrize('run', [r for r in RUNS if r.parent.name=='candidates'], ids=lambda r: r.name)
 def test_candidate_is_registered_arch(run):
     "The candidates' networks (`deep`'s trained before it was registered) are the registered arch's: same layers, same weights"
-    model = load_model(run/'model.pkl')[0]
+    model = load_model(model_file(run))[0]
     registered = get_model(json.loads((run/'metrics.json').read_text())['arch'])
     assert repr(registered) == repr(model)
     registered.load_state_dict(model.state_dict())
 
-@pytest.mark.parametrize('run', [r for r in RUNS if (r/'model.pkl').exists()], ids=lambda r: str(r.relative_to(RESULTS)))
+@pytest.mark.parametrize('run', [r for r in RUNS if model_file(r)], ids=lambda r: str(r.relative_to(RESULTS)))
 def test_model_meets_rules(run):
     "Every committed model meets the rules with the parameters its `metrics.json` records"
     m = json.loads((run/'metrics.json').read_text())
-    found = check_rules(load_model(run/'model.pkl')[0], ARCH_BUDGETS.get(m['arch'], 200_000))
+    found = check_rules(load_model(model_file(run))[0], ARCH_BUDGETS.get(m['arch'], 200_000))
     assert (found['params'], found['receptive_field']) == (m['params'], m['receptive_field'])
 
 @pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
