@@ -2,7 +2,7 @@
 import json, math, os, re, shutil, signal, subprocess, time
 from pathlib import Path
 import pytest
-from conftest import (TIMEOUT, assert_one_line_error, bad_case_ids, file_hashes, read_history, tool_path,
+from conftest import (TIMEOUT, TRAINED_EPOCHS, assert_one_line_error, bad_case_ids, file_hashes, read_history, tool_path,
                       train_args)
 
 # ---------------------------------------------------------------------------------------------------- B: bad input
@@ -52,10 +52,11 @@ def test_refuses_to_overwrite_finished_run(cli, fake_data, run_copy):
 
 @pytest.fixture(scope='module')
 def forced(cli, fake_data, trained_run, tmp_path_factory):
-    "A copy of the shared 2-epoch run (LR from the finder), overwritten with --force by a 1-epoch run with --lr"
+    "A copy of the shared run, with the LR finder's plot of a run that used it, overwritten with --force by a 1-epoch run with --lr"
     _,run = trained_run
     dst = tmp_path_factory.mktemp('forced')/'finished'
     shutil.copytree(run, dst) # keeps the modification times
+    shutil.copy2(run/'curves.png', dst/'lr_find.png') # a file the new run, with --lr, does not write
     old = json.loads((dst/'metrics.json').read_text())
     t0 = time.time()
     r = cli.run('cifar_train', *train_args(fake_data, dst, 1, '--force'))
@@ -64,7 +65,7 @@ def forced(cli, fake_data, trained_run, tmp_path_factory):
 def test_force_overwrites(forced):
     r,run,old,t0 = forced
     r.ok()
-    assert old['epochs']==2
+    assert old['epochs']==TRAINED_EPOCHS
     m = json.loads((run/'metrics.json').read_text())
     assert m['epochs']==1 and m['lr']==0.01, "metrics.json was not overwritten"
     assert list(read_history(run).epoch)==[1]
