@@ -151,15 +151,19 @@ def test_predict_batch(cli, trained_run, fake_data, tmp_path):
     assert [o['prediction'] for o in rows]==list(df.prediction) and all(len(o['top_k'])==3 for o in rows)
 
 def test_predict_tta_is_mean_of_views(cli, trained_run, fake_data, tmp_path):
-    "--tta's probability is the mean of the image's and its mirror image's, each predicted alone"
+    "--tta's probability is the mean of the image's and its mirror image's, each predicted alone (not the softmax of their mean logits)"
+    import numpy as np
     _,run = trained_run
-    img = fake_data/'test'/'dog'/'0000.png'
+    # a blend of a dog and a cat, on which the model is unsure: where it is sure, both means give about 1 and 0
+    img = tmp_path/'blend.png'
+    Image.fromarray(np.mean([np.asarray(Image.open(fake_data/'test'/c/'0000.png')) for c in ('dog', 'cat')], 0).astype(np.uint8)).save(img)
     Image.open(img).transpose(Image.FLIP_LEFT_RIGHT).save(tmp_path/'mirror.png')
     cli.run('cifar_predict', '--model', run/'model.safetensors', img, tmp_path/'mirror.png', '--top_k', 10, '--json_out', tmp_path/'plain.json').ok()
     plain = json.loads((tmp_path/'plain.json').read_text())['predictions']
     cli.run('cifar_predict', '--model', run/'model.safetensors', img, '--tta', '--top_k', 10, '--json_out', tmp_path/'tta.json').ok()
     tta = json.loads((tmp_path/'tta.json').read_text())['predictions'][0]
     p1,p2 = (dict(map(tuple, o['top_k'])) for o in plain)
+    assert max(p1.values()) < 0.99, f"the model is sure of the blend, so this test cannot tell the two means apart: {p1}"
     for c,p in tta['top_k']: assert p == pytest.approx((p1[c]+p2[c])/2, abs=2e-4), (c, p, p1[c], p2[c])
 
 def test_lr_find(lr_find_job):
