@@ -76,7 +76,8 @@ def cifar_train(
     data:str=None, # CIFAR-10 folder or .tgz in fastai's layout (default: $CIFAR10_DATA, else download)
     arch:Param(f"model variant: {', '.join(list(ARCHS)[:-1])} or {list(ARCHS)[-1]} (default: {TRAIN_DEFAULTS['arch']})", str)=None,
     epochs:Param(f"epochs of the one-cycle schedule (default: {TRAIN_DEFAULTS['epochs']})", int)=None,
-    lr:float=None, # peak learning rate (default: the LR finder's valley suggestion)
+    lr:Param(f"peak learning rate (default: {TRAIN_DEFAULTS['lr']})", float)=None,
+    lr_find:store_true=False, # train at the LR finder's valley suggestion instead of --lr (saves lr_find.png)
     bs:Param(f"batch size (default: {TRAIN_DEFAULTS['bs']})", int)=None,
     seed:int=None, # random seed, for repeatable runs
     subset:float=None, # train on this stratified fraction of the training set (the test set stays whole)
@@ -101,7 +102,7 @@ def cifar_train(
         set_threads(threads)
         m = train(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset, out=out, label_smoothing=label_smoothing,
                   wd=wd, dropout_p=dropout_p, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
-                  teacher=teacher, temperature=temperature, teacher_weight=teacher_weight)
+                  teacher=teacher, temperature=temperature, teacher_weight=teacher_weight, lr_find=lr_find)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
         else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "
                     f"{m['params']:,} params, {m['seconds']:.0f}s; results in {out}")

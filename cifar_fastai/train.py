@@ -51,9 +51,10 @@ def run_dls(cfg, num_workers=None, strict=False) -> DataLoaders:
 
 def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset=None, out='runs/default',
           label_smoothing=None, wd=None, dropout_p=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
-          teacher=None, temperature=None, teacher_weight=None, verbose=True, progress=None) -> dict:
-    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, learning from `teacher` too if given); write the run folder `out`; return its metrics"
+          teacher=None, temperature=None, teacher_weight=None, lr_find=False, verbose=True, progress=None) -> dict:
+    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, the LR from the LR finder if `lr_find`, learning from `teacher` too if given); write the run folder `out`; return its metrics"
     given = {k:v for k,v in locals().items() if k in TRAIN_DEFAULTS and v is not None}
+    if lr_find and (lr is not None or resume is not None): raise ValueError("lr_find chooses the learning rate of a new run: leave out lr or lr_find, and lr_find when resuming")
     if resume is not None: out,cfg,state = resumed_run(resume, given, data, teacher)
     else: (out,cfg),state = new_run(given, data, out, force, teacher),None
     if stop_after is not None and not 0 < stop_after < cfg['epochs']: raise ValueError(f"stop_after must be between 1 and {cfg['epochs']-1}")
@@ -64,7 +65,7 @@ def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset
     learn = cifar_learner(dls, cfg['arch'], label_smoothing=cfg['label_smoothing'], wd=cfg['wd'], path=out)
     learn.logger = noop # `RunLogger` prints one line per epoch instead of fastai's table
     bars_only_on_terminal(learn, progress)
-    if cfg['lr'] is None:
+    if lr_find:
         cfg['lr'],cfg['lr_suggestions'] = find_lr(learn, out)
         cfg['lr_suggestion'] = 'valley'
         if verbose: print(f"LR finder: {cfg['lr_suggestions']}; using the valley suggestion, {cfg['lr']:.2e}")

@@ -9,7 +9,7 @@ EPOCH_LINE = re.compile(r'^Epoch (\d+): train loss ([\d.]+), .*test loss ([\d.]+
 METRIC_KEYS = ('test_accuracy', 'best_test_accuracy', 'params', 'receptive_field', 'epochs', 'arch', 'lr', 'bs', 'seed',
                'seconds', 'device', 'versions')
 RUN_ARTIFACTS = ('model.pkl', 'model.safetensors', 'metrics.json', 'history.csv', 'curves.png', 'confusion_matrix.png',
-                 'top_losses.png') # and lr_find.png when the LR finder chose the LR (see test_lr_find and 03_train)
+                 'top_losses.png') # and lr_find.png with --lr_find (see 08_train)
 
 def assert_png(fname):
     with Image.open(fname) as im:
@@ -196,7 +196,7 @@ def _options(tool):
 
 # the options each tool has today (a floor: the signature may add more)
 KNOWN_OPTIONS = dict(
-    cifar_train='data arch epochs lr bs seed subset out label_smoothing wd dropout_p num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
+    cifar_train='data arch epochs lr lr_find bs seed subset out label_smoothing wd dropout_p num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
     cifar_lr_find='data arch bs subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model tta shift top_k csv json_out bs debug',
     cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers threads json_out debug')
 

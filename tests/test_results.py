@@ -60,3 +60,38 @@ def test_metrics_match_history(run):
     assert len(accs) == m['epochs']
     assert m['test_accuracy'] == pytest.approx(accs[-1])
     assert m['best_test_accuracy'] == pytest.approx(max(accs))
+
+def _driver():
+    "The experiment driver, `experiments/run.py`, as a module"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('experiment', RESULTS.parent/'experiments'/'run.py')
+    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+    return module
+
+def _settings(run):
+    "The settings a run recorded, in today's terms: `None` weight decay was fastai's 0.01, and runs before `dropout_p` used 0.5"
+    r = json.loads(((run/'run.json') if (run/'run.json').exists() else (run/'metrics.json')).read_text())
+    return dict(epochs=r['epochs'], bs=r['bs'], subset=r['subset'], label_smoothing=r['label_smoothing'], wd=ifnone(r['wd'], 0.01),
+                dropout_p=r.get('dropout_p', 0.5), lr=r['lr'], teacher=bool(r.get('teacher')), seed=r['seed'])
+
+def ifnone(a, b): return b if a is None else a
+
+@pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
+def test_run_is_a_driver_variant(run):
+    "Every run folder is `results/STUDY/VARIANT-sSEED` (or a headline folder) of a variant in the driver's `STUDIES`, with its settings and network"
+    from cifar_fastai.learner import TRAIN_DEFAULTS
+    from cifar_fastai.model import ARCHS
+    ex = _driver()
+    rel = run.relative_to(RESULTS)
+    study,name = ('headline', rel.name) if len(rel.parts)==1 else rel.parts
+    variant,seed = (name,0) if study=='headline' and '-s' not in name else (name.rsplit('-s', 1)[0], int(name.rsplit('-s', 1)[1]))
+    assert ex.run_folder(study, variant, seed) == Path('results')/rel
+    kw = {**TRAIN_DEFAULTS, **ex.variant_settings(study, variant)}
+    want = dict(epochs=kw['epochs'], bs=kw['bs'], subset=kw['subset'], label_smoothing=kw['label_smoothing'], wd=kw['wd'],
+                dropout_p=kw['dropout_p'], lr=kw['lr'], teacher=bool(kw.get('teacher')), seed=seed)
+    got = _settings(run)
+    if kw.get('lr_find'): want['lr'] = got['lr'] # the finder chose it
+    assert got == want
+    arch = {**ARCHS, **ex.SCREENED_ARCHS}[kw['arch']]
+    assert count_params(arch(n_out=10)) == json.loads((run/'metrics.json').read_text())['params'], "another network than the variant's"
+    assert f"python experiments/run.py {study} {variant} --seed {seed}" in (run/'command.txt').read_text()
