@@ -9,12 +9,11 @@ only they keep `model.pkl` (every run keeps `model.safetensors`). The data come 
 A study's variants are the settings they change from `TRAIN_DEFAULTS`. Runs made before a change of the library
 (the augmentation fix, a default that moved) record the commit of their code in `metrics.json`; rerunning their
 variant today measures today's code. `python experiments/run.py --studies` prints every study and variant."""
-import json, os, signal, sys
+import os, signal, sys
 from functools import partial
 from pathlib import Path
 from fastcore.script import Param, call_parse, store_true
-from cifar_fastai.cli import set_threads
-from cifar_fastai.inference import evaluate, load_model
+from cifar_fastai.cli import cifar_eval, set_threads
 from cifar_fastai.model import ARCHS, CifarNet
 from cifar_fastai.train import train
 
@@ -70,13 +69,9 @@ def variant_settings(study, variant) -> dict:
     return STUDIES[study][variant]
 
 def evaluate_run(out, data):
-    "Test `out`'s model plainly, with mirror TTA and with mirror+shift TTA, into the eval files it does not have yet"
+    "Test `out`'s model with `cifar_eval` plainly, with mirror TTA and with mirror+shift TTA, into the eval files it does not have yet"
     for name,tta,shift in (('eval', False, 0), ('eval-tta', True, 0), ('eval-tta-shift', True, 1)):
-        if (out/f'{name}.json').exists(): continue
-        acc,per_class = evaluate(*load_model(out/'model.safetensors'), data, tta=tta, shift=shift)
-        (out/f'{name}.json').write_text(json.dumps(dict(model=str(out/'model.safetensors'), data=str(data), tta=tta, shift=shift,
-            test_accuracy=acc, per_class=dict(zip(per_class.cls, per_class.accuracy))), indent=2))
-        print(f"{out}: test accuracy ({name}) {100*acc:.2f}%", flush=True)
+        if not (out/f'{name}.json').exists(): cifar_eval(model=out/'model.safetensors', data=data, tta=tta, shift=shift, json_out=out/f'{name}.json')
 
 @call_parse
 def main(

@@ -4,6 +4,7 @@ assignment's rules, and the folder stays small: `model.pkl` only in the headline
 import csv, json
 from pathlib import Path
 import pytest
+from fastcore.basics import ifnone
 from cifar_fastai.model import ARCH_BUDGETS, check_rules, count_params, get_model
 from cifar_fastai.inference import load_model
 
@@ -73,8 +74,6 @@ def _settings(run):
     r = json.loads(((run/'run.json') if (run/'run.json').exists() else (run/'metrics.json')).read_text())
     return dict(epochs=r['epochs'], bs=r['bs'], subset=r['subset'], label_smoothing=r['label_smoothing'], wd=ifnone(r['wd'], 0.01),
                 dropout_p=r.get('dropout_p', 0.5), lr=r['lr'], teacher=bool(r.get('teacher')), seed=r['seed'])
-
-def ifnone(a, b): return b if a is None else a
 
 @pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
 def test_run_is_a_driver_variant(run):
