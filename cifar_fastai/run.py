@@ -93,7 +93,7 @@ def check_settings(arch, epochs, lr, bs, subset, dropout_p, temperature, teacher
     check_arch(arch)
     if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
     if bs < 1: raise ValueError(f"bs must be at least 1, got {bs}")
-    if lr is not None and not 0 < lr < 10: raise ValueError(f"lr must be in (0, 10), got {lr}: try 1e-3 to 1e-2, or --lr_find to let the LR finder choose")
+    if not 0 < lr < 10: raise ValueError(f"lr must be in (0, 10), got {lr}: try 1e-3 to 1e-2, or --lr_find to let the LR finder choose")
     if subset is not None and not 0 < subset <= 1: raise ValueError(f"subset must be a fraction in (0, 1], got {subset}")
     if not 0 <= dropout_p <= 1: raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p}: the default is {TRAIN_DEFAULTS['dropout_p']}")
     if not (temperature > 0 and 0 < teacher_weight <= 1):
