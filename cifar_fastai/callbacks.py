@@ -6,12 +6,13 @@
 from __future__ import annotations
 import itertools, os, platform, random, time
 import numpy as np, pandas as pd, torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from fastai.vision.all import *
 from .data import save_atomic
 
 # %% auto #0
 __all__ = ['device_name', 'run_devices', 'RunLogger', 'rng_states', 'set_rng_states', 'Checkpoint', 'TrainingDiverged',
-           'StopOnNaN', 'StopAfter']
+           'StopOnNaN', 'StopAfter', 'EMA']
 
 # %% ../nbs/04_callbacks.ipynb #8565f0c9
 def _count(n, thing) -> str: return f"{n} {thing}{'s'*(n!=1)}"
@@ -72,7 +73,7 @@ def set_rng_states(states, dl=None):
 
 # %% ../nbs/04_callbacks.ipynb #5e203323
 class Checkpoint(Callback):
-    "Save the full training state to `fname` at the end of every epoch; restore `resume_state` before the first resumed epoch"
+    "Save the full training state (with `EMA`'s average) to `fname` at the end of every epoch; restore `resume_state` before the first resumed epoch"
     order = 66 # after `RunLogger`, so the history it saves includes this epoch
     def __init__(self, fname='checkpoint.pth', resume_state=None): store_attr()
     def before_epoch(self):
@@ -81,8 +82,10 @@ class Checkpoint(Callback):
     def after_epoch(self):
         if self.resume_state is not None and self.epoch < self.resume_state['epoch']: return # skipped
         if not self.learn.run_logger.n: return # the epoch was cancelled before it trained
+        ema = getattr(self.learn, 'ema', None)
         state = dict(epoch=self.epoch+1, model=self.model.state_dict(), opt=self.opt.state_dict(),
-                     history=list(self.learn.run_logger.history), rng=rng_states(self.dls.train))
+                     history=list(self.learn.run_logger.history), rng=rng_states(self.dls.train),
+                     ema=None if ema is None else ema.averaged.state_dict())
         save_atomic(self.path/self.fname, lambda f: torch.save(state, f))
 
 # %% ../nbs/04_callbacks.ipynb #90c8ec7c
@@ -108,3 +111,22 @@ class StopAfter(Callback):
     def __init__(self, n): self.n = n
     def after_epoch(self):
         if self.epoch+1 >= self.n: raise CancelFitException
+
+# %% ../nbs/04_callbacks.ipynb #1f75930c
+class EMA(Callback):
+    "Keep an exponential moving average of the weights (`decay` per step), test with it each epoch and leave it in the model after fitting"
+    order = 60 # before `RunLogger` (65) and `Checkpoint` (66); it acts around the test, not on its results
+    def __init__(self, decay=0.999, state=None): store_attr(); self.averaged = None
+    def before_fit(self):
+        self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+        if self.state is not None: self.averaged.load_state_dict(self.state)
+    def after_step(self): self.averaged.update_parameters(self.model)
+    def before_validate(self):
+        if self.averaged is None: return
+        self.trained = {k:v.clone() for k,v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.averaged.module.state_dict())
+    def after_validate(self):
+        if self.averaged is not None: self.model.load_state_dict(self.trained)
+    def after_fit(self):
+        self.model.load_state_dict(self.averaged.module.state_dict())
+        self.averaged = None

@@ -85,6 +85,7 @@ def cifar_train(
     label_smoothing:Param(f"label smoothing of the cross-entropy loss (default: {TRAIN_DEFAULTS['label_smoothing']})", float)=None,
     wd:Param(f"weight decay (default: {TRAIN_DEFAULTS['wd']}; fastai's is 0.01)", float)=None,
     dropout_p:Param(f"probability that CoarseDropout cuts its 16x16 hole in a training image (default: {TRAIN_DEFAULTS['dropout_p']})", float)=None,
+    ema:float=None, # test with, and keep, an exponential moving average of the weights with this decay per step, e.g. 0.999 (default: off)
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -101,7 +102,7 @@ def cifar_train(
     with cli_errors(debug, out):
         set_threads(threads)
         m = train(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset, out=out, label_smoothing=label_smoothing,
-                  wd=wd, dropout_p=dropout_p, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
+                  wd=wd, dropout_p=dropout_p, ema=ema, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
                   teacher=teacher, temperature=temperature, teacher_weight=teacher_weight, lr_find=lr_find)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
         else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "

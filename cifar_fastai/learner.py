@@ -14,7 +14,7 @@ __all__ = ['TRAIN_DEFAULTS', 'cifar_learner', 'bars_only_on_terminal', 'find_lr'
 
 # %% ../nbs/03_learner.ipynb #5ba14e5b
 TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=5e-3, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
-                      dropout_p=0.5, temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
+                      dropout_p=0.5, ema=None, temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
 
 def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, path='.', cbs=None, **kwargs) -> Learner:
     "A `Learner` for `dls` with the `arch` variant of `ARCHS`, cross-entropy loss and `accuracy` (settings left at `None` from `TRAIN_DEFAULTS`)"

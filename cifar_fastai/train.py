@@ -50,7 +50,7 @@ def run_dls(cfg, num_workers=None, strict=False) -> DataLoaders:
     return dls
 
 def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset=None, out='runs/default',
-          label_smoothing=None, wd=None, dropout_p=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
+          label_smoothing=None, wd=None, dropout_p=None, ema=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
           teacher=None, temperature=None, teacher_weight=None, lr_find=False, verbose=True, progress=None) -> dict:
     "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, the LR from the LR finder if `lr_find`, learning from `teacher` too if given); write the run folder `out`; return its metrics"
     given = {k:v for k,v in locals().items() if k in TRAIN_DEFAULTS and v is not None}
@@ -77,6 +77,7 @@ def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset
     logger = RunLogger(history=state['history'] if state else None, start_epoch=start, verbose=verbose)
     cbs = [logger, Checkpoint(resume_state=state), StopOnNaN()]
     if distill: cbs.append(distill)
+    if cfg.get('ema'): cbs.append(EMA(cfg['ema'], state=state and state.get('ema'))) # a run from before the option has none
     if stop_after: cbs.append(StopAfter(stop_after))
     learn.fit_one_cycle(cfg['epochs'], cfg['lr'], start_epoch=start, cbs=cbs)
     if learn.diverged:
