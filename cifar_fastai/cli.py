@@ -15,7 +15,7 @@ from .model import ARCHS, check_arch, compare_archs, get_model, model_summary, r
 from .learner import TRAIN_DEFAULTS, bars_only_on_terminal, cifar_learner, find_lr
 from .callbacks import TrainingDiverged, device_name
 from .run import RunExists, command_line
-from .inference import evaluate, image_probs, load_model
+from .inference import evaluate, load_model, predict_probs
 from .train import train
 
 # %% auto #0
@@ -146,7 +146,7 @@ def cifar_eval(
         if model is None: raise DataError("pass --model the model.safetensors (or model.pkl) of a run")
         check_new_file(json_out)
         path = get_cifar10(data)
-        acc,per_class = evaluate(*load_model(model), path, bs, tta, shift)
+        acc,per_class = evaluate(load_model(model), path, bs, tta, shift)
         save_json(json_out, dict(model=str(model), data=str(path), tta=tta, shift=shift, test_accuracy=acc,
                                  per_class=dict(zip(per_class.cls, per_class.accuracy))))
         per_class['accuracy'] = (100*per_class.accuracy).map('{:.2f}%'.format)
@@ -160,7 +160,7 @@ def image_paths(paths) -> L:
     return L(itertools.chain.from_iterable(get_image_files(p) if Path(p).is_dir() else [Path(p)] for p in paths))
 
 def read_images(fns, size=32) -> tuple:
-    "`(read, batch)`: the files of `fns` that are readable images, and those images as a `uint8` batch `(N,3,size,size)`; a line on stderr names each other file"
+    "`(read, images)`: the files of `fns` that are readable images, and those images as `HxWx3` `uint8` arrays of `size`; a line on stderr names each other file"
     read,ims = [],[]
     for fn in fns:
         try: ims.append(decode_image(fn, size))
@@ -168,7 +168,7 @@ def read_images(fns, size=32) -> tuple:
             print(f"error: {fn} is missing or not an image ({type(e).__name__}): skipped", file=sys.stderr)
             continue
         read.append(fn)
-    return read,(torch.from_numpy(np.stack(ims)).permute(0,3,1,2) if ims else None)
+    return read,ims
 
 def prediction_rows(fns, probs, vocab, top_k=1) -> list:
     "One dict per image: its path, predicted class and probability, and the `top_k` classes with theirs"
@@ -203,13 +203,14 @@ def cifar_predict(
         if model is None: raise DataError("pass --model the model.safetensors (or model.pkl) of a run")
         if top_k < 1: raise ValueError(f"top_k must be at least 1, got {top_k}")
         check_new_file(csv, '--csv'); check_new_file(json_out)
-        net,vocab,stats = load_model(model)
+        trained = load_model(model)
+        learn = trained.learner()
         fns = image_paths(images)
         if not fns: raise DataError(f"no image files in {', '.join(images)}: pass image files, or folders that hold some")
         rows,done = [],0
         for chunk in chunked(fns, bs):
-            read,x = read_images(chunk)
-            if read: rows += prediction_rows(read, image_probs(net, stats, x, tta, shift), vocab, top_k)
+            read,ims = read_images(chunk)
+            if read: rows += prediction_rows(read, predict_probs(learn, ims, bs, tta, shift), trained.vocab, top_k)
             for r in rows[len(rows)-len(read):]:
                 print(f"{r['path']}: " + ', '.join(f"{c} ({p:.3f})" for c,p in r['top_k']))
             done += len(chunk)

@@ -14,7 +14,7 @@ from .augment import AlbumentationsTransform, cifar_augs
 __all__ = ['CIFAR_CLASSES', 'CIFAR_STATS', 'DataError', 'make_fake_cifar', 'check_layout', 'cache_dir', 'file_hash',
            'extract_archive', 'get_cifar10', 'save_atomic', 'image_files', 'content_key', 'decode_image',
            'decode_images', 'decoded_images', 'CachedImage', 'collate_images', 'dataset_stats', 'cifar_items',
-           'default_num_workers', 'cifar_dls']
+           'default_num_workers', 'cifar_datasets', 'cifar_dls', 'inference_dls']
 
 # %% ../nbs/00_data.ipynb #38fa0c3a
 class DataError(ValueError):
@@ -262,6 +262,10 @@ def default_num_workers() -> int:
     return min(defaults.cpus, 8) if sys.platform.startswith('linux') else 0
 
 # %% ../nbs/00_data.ipynb #9437abd6
+def cifar_datasets(items, vocab, fns=(), images=None, splits=None) -> Datasets:
+    "fastai `Datasets` of the image files (or `HxWxC` arrays) `items`, labelled by their folder among `vocab`; `images` holds the decoded `fns`"
+    return Datasets(items, tfms=[[CachedImage(fns, images)], [parent_label, Categorize(vocab=vocab)]], splits=splits)
+
 def cifar_dls(path, bs=128, subset=None, seed=None, num_workers=None, aug=True, dropout_p=0.5, item_tfms=None, batch_tfms=None,
               stats=None, strict=False, device=None, **kwargs) -> DataLoaders:
     "`DataLoaders` for CIFAR-10 in fastai's layout under `path`, augmented (training split only; CoarseDropout with probability `dropout_p`) unless `aug=False`"
@@ -270,10 +274,17 @@ def cifar_dls(path, bs=128, subset=None, seed=None, num_workers=None, aug=True, 
     mean,std = stats or dataset_stats(path)
     items = _drop_bad_images(cifar_items(path, subset, seed), bad, strict)
     if item_tfms is None: item_tfms = [AlbumentationsTransform(cifar_augs(mean, dropout_p=dropout_p))] if aug else []
-    dsets = Datasets(items, tfms=[[CachedImage(fns, images)], [parent_label, Categorize(vocab=_class_dirs(path/'train'))]],
-                     splits=GrandparentSplitter(train_name='train', valid_name='test')(items))
+    dsets = cifar_datasets(items, _class_dirs(path/'train'), fns, images, splits=GrandparentSplitter(train_name='train', valid_name='test')(items))
     if num_workers is None: num_workers = default_num_workers()
     cuda = torch.device(device or default_device()).type=='cuda'
     return dsets.dataloaders(bs=bs, after_item=item_tfms, after_batch=[IntToFloatTensor, *L(batch_tfms), Normalize.from_stats(mean, std)],
                              create_batch=collate_images, num_workers=num_workers, device=device, pin_memory=cuda,
                              persistent_workers=cuda and num_workers>0, **kwargs)
+
+# %% ../nbs/00_data.ipynb #fc6528a3
+def inference_dls(vocab, stats) -> DataLoaders:
+    "Empty `DataLoaders` with `cifar_dls`'s test pipeline for `vocab` and `stats` (`(mean, std)`): what `test_dl` needs to predict images"
+    blank = Path(vocab[0])/'blank.png' # one image in memory, for fastai to set the pipeline up with; `new_empty` drops it
+    dsets = cifar_datasets([blank], vocab, [blank], np.zeros((1,32,32,3), np.uint8), splits=([0],[0]))
+    return dsets.dataloaders(bs=1, after_batch=[IntToFloatTensor, Normalize.from_stats(*stats)], create_batch=collate_images,
+                             num_workers=0).new_empty()

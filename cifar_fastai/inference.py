@@ -11,12 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from fastai.vision.all import *
 import cifar_fastai
-from .data import DataError, decode_image, get_cifar10, save_atomic
+from .data import DataError, decoded_images, get_cifar10, inference_dls, save_atomic
 from .model import count_params, get_model
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'save_safetensors', 'TrainedModel', 'check_model_file', 'load_model', 'load_images', 'tta_views',
-           'image_probs', 'predict_probs', 'evaluate']
+__all__ = ['MODEL_FORMAT', 'save_safetensors', 'TrainedModel', 'check_model_file', 'load_model', 'ImageView', 'tta_views',
+           'predict_probs', 'evaluate']
 
 # %% ../nbs/05_inference.ipynb #a11489c5
 MODEL_FORMAT = 'cifar_fastai' # the `format` metadata of a `model.safetensors` that `save_safetensors` wrote
@@ -32,9 +32,12 @@ def save_safetensors(fname, model, arch, vocab, stats, test_accuracy=None):
 class TrainedModel(NamedTuple):
     "A trained `model` with its class names `vocab` and normalisation `stats`, as `load_model` returns it"
     model: nn.Module; vocab: list; stats: tuple
-    def probs(self, fns, bs=128, tta=False, shift=0) -> Tensor:
-        "Class probabilities for the image files `fns` (see `predict_probs`)"
-        return predict_probs(self.model, self.stats, fns, bs, tta, shift)
+    def learner(self) -> Learner:
+        "A fastai `Learner` of the model for inference, on `inference_dls`: `test_dl`, `get_preds` and `predict` work on it"
+        return Learner(inference_dls(self.vocab, self.stats), self.model, loss_func=CrossEntropyLossFlat())
+    def probs(self, items, bs=128, tta=False, shift=0) -> Tensor:
+        "Class probabilities for `items`, image files or `HxWx3` arrays (see `predict_probs`)"
+        return predict_probs(self.learner(), items, bs, tta, shift)
 
 def check_model_file(fname, option='--model') -> Path:
     "`fname` as a `Path`, stopping with one line that names `option` if it is not a file"
@@ -85,46 +88,41 @@ def load_model(fname, option='--model') -> TrainedModel:
     model,vocab,stats = load(fname)
     return TrainedModel(model.eval(), list(vocab), stats)
 
-# %% ../nbs/05_inference.ipynb #03971a74
-def load_images(fns, size=32) -> Tensor:
-    "A uint8 batch `(N,3,size,size)` of the image files `fns`, resized to `size` where needed"
-    ims = []
-    for fn in fns:
-        try: ims.append(decode_image(fn, size))
-        except (OSError, ValueError): raise DataError(f"{fn} is missing or not an image: pass image files (PNG, JPEG, ...)") from None
-    return torch.from_numpy(np.stack(ims)).permute(0,3,1,2)
-
 # %% ../nbs/05_inference.ipynb #7716cc44
-def tta_views(x, shift=0) -> list:
-    "Batch `x` and its mirror image, and with `shift` both moved `shift` px left, right, up and down (edges reflected)"
-    h,w = x.shape[-2:]
-    if not 0 <= shift < min(h,w)//2: raise ValueError(f"a shift of {shift} px is out of range: pass --shift 1 (pixels, below {min(h,w)//2})")
-    views = [x, x.flip(-1)]
-    if shift == 0: return views
-    padded = F.pad(x, (shift,)*4, mode='reflect')
-    moved = [padded[..., shift+dy:shift+dy+h, shift+dx:shift+dx+w] for dx,dy in ((shift,0),(-shift,0),(0,shift),(0,-shift))]
-    return views + moved + [o.flip(-1) for o in moved]
+class ImageView(Transform):
+    "One view of a batch of images for test-time augmentation: moved `dx` px left and `dy` px up (edges reflected), then mirrored if `flip`"
+    order = 100 # after `Normalize`
+    def __init__(self, flip=False, dx=0, dy=0): store_attr()
+    def encodes(self, x:TensorImage):
+        s,(h,w) = max(abs(self.dx), abs(self.dy)),x.shape[-2:]
+        if s: x = F.pad(x, (s,)*4, mode='reflect')[..., s+self.dy:s+self.dy+h, s+self.dx:s+self.dx+w]
+        return x.flip(-1) if self.flip else x
 
-def image_probs(model, stats, x, tta=False, shift=0) -> Tensor:
-    "Class probabilities of `model` for the `uint8` batch `x` `(N,3,H,W)`, normalised with `stats`; `tta` averages over `tta_views(x, shift)`"
+def tta_views(shift=0, size=32) -> list:
+    "The `ImageView`s of test-time augmentation: the image and its mirror, and with `shift` both moved `shift` px left, right, up and down"
+    if not 0 <= shift < size//2: raise ValueError(f"a shift of {shift} px is out of range: pass --shift 1 (pixels, below {size//2})")
+    moves = ((0,0),) + (((shift,0),(-shift,0),(0,shift),(0,-shift)) if shift else ())
+    return [ImageView(flip, dx, dy) for flip in (False,True) for dx,dy in moves]
+
+def predict_probs(learn, items, bs=128, tta=False, shift=0) -> Tensor:
+    "Class probabilities of `learn`'s model for `items` (image files or arrays) with fastai's `test_dl` and `get_preds`; `tta` averages over `tta_views(shift)`"
     if shift and not tta: raise ValueError(f"a shift of {shift} px is test-time augmentation: pass --tta with --shift")
-    mean,std = (tensor(o).view(1,3,1,1) for o in stats)
-    x = (x.float()/255 - mean)/std
-    with torch.no_grad(): return torch.stack([model(v).float().softmax(-1) for v in (tta_views(x, shift) if tta else [x])]).mean(0)
-
-def predict_probs(model, stats, fns, bs=128, tta=False, shift=0) -> Tensor:
-    "Class probabilities of `model` for the image files `fns`, normalised as in training; `tta` averages over `tta_views(x, shift)`"
-    return torch.cat([image_probs(model, stats, load_images(chunk), tta, shift) for chunk in chunked(fns, bs)])
+    dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
+    views = [dl.new(after_batch=[*dl.after_batch.fs, v]) for v in tta_views(shift)] if tta else [dl]
+    with learn.no_bar(): return torch.stack([learn.get_preds(dl=o)[0] for o in views]).mean(0)
 
 # %% ../nbs/05_inference.ipynb #fe253c50
-def evaluate(model, vocab, stats, data=None, bs=128, tta=False, shift=0) -> tuple:
-    "Test accuracy of `model` on the test split of `data` (`tta`: averaged over `tta_views` with `shift`), and a per-class table"
+def evaluate(trained, data=None, bs=128, tta=False, shift=0) -> tuple:
+    "Test accuracy of the `TrainedModel` `trained` on the test split of `data` (`tta`: averaged over `tta_views(shift)`), and a per-class table"
     path = get_cifar10(data)
-    fns = get_image_files(path/'test')
-    classes = sorted({parent_label(o) for o in fns})
+    fns,images,bad = decoded_images(path)
+    test = [i for i,f in enumerate(fns) if f.parent.parent.name=='test']
+    unreadable = [f for f in bad if f.parent.parent.name=='test']
+    if unreadable: raise DataError(f"{unreadable[0]} is not a readable image: replace it, or remove it from {path/'test'}")
+    classes,vocab = sorted({parent_label(fns[i]) for i in test}),trained.vocab
     if classes != list(vocab): raise DataError(f"the test classes in {path} ({', '.join(classes)}) are not the model's ({', '.join(vocab)})")
-    targs = tensor([vocab.index(parent_label(o)) for o in fns])
-    correct = predict_probs(model, stats, fns, bs, tta, shift).argmax(-1)==targs
+    targs = tensor([vocab.index(parent_label(fns[i])) for i in test])
+    correct = trained.probs([images[i] for i in test], bs, tta, shift).argmax(-1)==targs
     per_class = pd.DataFrame(dict(cls=vocab, images=[int((targs==i).sum()) for i in range(len(vocab))],
                                   accuracy=[correct[targs==i].float().mean().item() for i in range(len(vocab))]))
     return correct.float().mean().item(),per_class
