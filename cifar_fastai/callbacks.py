@@ -120,6 +120,7 @@ class EMA(Callback):
     def before_fit(self):
         self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
         if self.state is not None: self.averaged.load_state_dict(self.state)
+        self.state = None # a resume's average is loaded once
     def after_step(self): self.averaged.update_parameters(self.model)
     def before_validate(self):
         if self.averaged is None: return
@@ -128,5 +129,6 @@ class EMA(Callback):
     def after_validate(self):
         if self.averaged is not None: self.model.load_state_dict(self.trained)
     def after_fit(self):
+        if self.averaged is None: return
         self.model.load_state_dict(self.averaged.module.state_dict())
         self.averaged = None

@@ -107,7 +107,7 @@ def tta_views(shift=0, size=32) -> list:
 def predict_probs(learn, items, bs=128, tta=False, shift=0) -> Tensor:
     "Class probabilities of `learn`'s model for `items` (image files or arrays) with fastai's `test_dl` and `get_preds`; `tta` averages over `tta_views(shift)`"
     if shift and not tta: raise ValueError(f"a shift of {shift} px is test-time augmentation: pass --tta with --shift")
-    dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
+    dl = learn.dls.test_dl([Path(o) if isinstance(o, str) else o for o in items], bs=bs, num_workers=0)
     views = [dl.new(after_batch=[*dl.after_batch.fs, v]) for v in tta_views(shift)] if tta else [dl]
     with learn.no_bar(): return torch.stack([learn.get_preds(dl=o)[0] for o in views]).mean(0)
 

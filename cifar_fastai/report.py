@@ -10,8 +10,8 @@ from pathlib import Path
 from IPython.display import Markdown
 
 # %% auto #0
-__all__ = ['tta_accuracy', 'runs_table', 'summarize_runs', 'md_table', 'seed_runs', 'headline_row', 'ablation_table',
-           'shift_gains', 'bench_files', 'epoch_table']
+__all__ = ['tta_accuracy', 'runs_table', 'summarize_runs', 'md_table', 'seed_runs', 'short_device', 'headline_row',
+           'ablation_table', 'shift_gains', 'bench_files', 'epoch_table']
 
 # %% ../nbs/09_report.ipynb #0cb468b5
 def tta_accuracy(run, fname='eval-tta.json') -> float:
@@ -70,6 +70,14 @@ def _span(xs) -> str:
     if not xs: return ''
     return _pct(xs[0]) if len(xs)==1 else f'{_pct(min(xs))}-{_pct(max(xs))}'
 
+def _short_cpu(m) -> str:
+    cores,threads = m.groups()
+    return f"{cores}-core CPU" + ('' if threads==cores else f", {threads} thread{'s'*(threads!='1')}")
+
+def short_device(device) -> str:
+    "A run's `device` in fewer words: each CPU by its cores (and threads, if fewer), a GPU by its name"
+    return re.sub(r'CPU: [^,]+, (\d+) cores?, (\d+) threads?', _short_cpu, device)
+
 def headline_row(goal, variant, target, path='results') -> dict:
     "How `variant`'s seeds under `path` stand against `goal`: size, plain and mirror+shift TTA test accuracy, seeds reaching `target`, time, hardware"
     runs = seed_runs(variant, path)
@@ -79,7 +87,7 @@ def headline_row(goal, variant, target, path='results') -> dict:
     return {'goal': goal, 'run': f'[{variant}]({runs[0].as_posix()})', 'params': f"{ms[0]['params']:,}", 'epochs': ms[0]['epochs'],
             'seeds': len(runs), 'test acc': _span(acc), 'with mirror+shift TTA': _span(tta),
             'seeds reaching it': f'{reached(acc)} ({reached(tta)} with TTA)',
-            'minutes per run': f"{np.mean([m['seconds'] for m in ms])/60:.0f}", 'hardware': ms[0]['device']}
+            'minutes per run': f"{np.mean([m['seconds'] for m in ms])/60:.0f}", 'hardware': short_device(ms[0]['device'])}
 
 # %% ../nbs/09_report.ipynb #df66cbc3
 def ablation_table(steps, path='results') -> pd.DataFrame:

@@ -77,7 +77,7 @@ def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset
     logger = RunLogger(history=state['history'] if state else None, start_epoch=start, verbose=verbose)
     cbs = [logger, Checkpoint(resume_state=state), StopOnNaN()]
     if distill: cbs.append(distill)
-    if cfg.get('ema'): cbs.append(EMA(cfg['ema'], state=state and state.get('ema'))) # a run from before the option has none
+    if cfg.get('ema'): cbs.append(EMA(cfg['ema'], state=state and state['ema']))
     if stop_after: cbs.append(StopAfter(stop_after))
     learn.fit_one_cycle(cfg['epochs'], cfg['lr'], start_epoch=start, cbs=cbs)
     if learn.diverged:
