@@ -10,7 +10,7 @@ from pathlib import Path
 from IPython.display import Markdown
 
 # %% auto #0
-__all__ = ['tta_accuracy', 'runs_table', 'summarize_runs', 'md_table', 'seed_runs', 'short_device', 'headline_row',
+__all__ = ['tta_accuracy', 'short_device', 'runs_table', 'summarize_runs', 'md_table', 'seed_runs', 'headline_row',
            'ablation_table', 'shift_gains', 'bench_files', 'epoch_table']
 
 # %% ../nbs/09_report.ipynb #0cb468b5
@@ -23,6 +23,15 @@ def _pct(v) -> str:
     "A fraction as a percentage with two decimals ('' for NaN)"
     return '' if np.isnan(v) else f"{100*v:.2f}%"
 
+def _short_cpu(m) -> str:
+    "'2-core CPU', with the threads if they differ, from a match of `short_device`'s pattern"
+    cores,threads = m.groups()
+    return f"{cores}-core CPU" + ('' if threads==cores else f", {threads} thread{'s'*(threads!='1')}")
+
+def short_device(device) -> str:
+    "A run's `device` in fewer words: each CPU by its cores (and threads, if fewer), a GPU by its name"
+    return re.sub(r'CPU: [^,]+, (\d+) cores?, (\d+) threads?', _short_cpu, device)
+
 def runs_table(path='results', link=True, folders=None) -> pd.DataFrame:
     "One row per run folder under `path` (from its `metrics.json`, at any depth, or only `folders`): arch, size, LR, epochs, test accuracy, time, hardware"
     rows = []
@@ -34,7 +43,7 @@ def runs_table(path='results', link=True, folders=None) -> pd.DataFrame:
                      'train images': f"{m['train_images']:,}", 'lr': f"{m['lr']:.2e}", 'epochs': m['epochs'], 'best test acc': _pct(m['best_test_accuracy']),
                      'final test acc': _pct(m['test_accuracy']), 'with mirror TTA': _pct(tta_accuracy(f.parent)),
                      'with mirror+shift TTA': _pct(tta_accuracy(f.parent, 'eval-tta-shift.json')),
-                     'wall time': f"{m['seconds']/60:.0f} min", 'hardware': m['device']})
+                     'wall time': f"{m['seconds']/60:.0f} min", 'hardware': short_device(m['device'])})
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_report.ipynb #dfe409fc
@@ -69,14 +78,6 @@ def _span(xs) -> str:
     xs = [x for x in xs if not np.isnan(x)]
     if not xs: return ''
     return _pct(xs[0]) if len(xs)==1 else f'{_pct(min(xs))}-{_pct(max(xs))}'
-
-def _short_cpu(m) -> str:
-    cores,threads = m.groups()
-    return f"{cores}-core CPU" + ('' if threads==cores else f", {threads} thread{'s'*(threads!='1')}")
-
-def short_device(device) -> str:
-    "A run's `device` in fewer words: each CPU by its cores (and threads, if fewer), a GPU by its name"
-    return re.sub(r'CPU: [^,]+, (\d+) cores?, (\d+) threads?', _short_cpu, device)
 
 def headline_row(goal, variant, target, path='results') -> dict:
     "How `variant`'s seeds under `path` stand against `goal`: size, plain and mirror+shift TTA test accuracy, seeds reaching `target`, time, hardware"

@@ -52,7 +52,7 @@ def run_dls(cfg, num_workers=None, strict=False) -> DataLoaders:
 def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset=None, out='runs/default',
           label_smoothing=None, wd=None, dropout_p=None, ema=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
           teacher=None, temperature=None, teacher_weight=None, lr_find=False, verbose=True, progress=None) -> dict:
-    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, the LR from the LR finder if `lr_find`, learning from `teacher` too if given); write the run folder `out`; return its metrics"
+    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, the LR from the LR finder if `lr_find`, learning from `teacher` too if given, ending with an average of the weights if `ema`); write the run folder `out`; return its metrics"
     given = {k:v for k,v in locals().items() if k in TRAIN_DEFAULTS and v is not None}
     if lr_find and (lr is not None or resume is not None): raise ValueError("lr_find chooses the learning rate of a new run: leave out lr or lr_find, and lr_find when resuming")
     if resume is not None: out,cfg,state = resumed_run(resume, given, data, teacher)
