@@ -31,7 +31,8 @@ STUDIES = {
     'headline': { # the README's rows; `default` is `cifar_train` with no options
         'default': {}},
     'screen15': { # levers for 85% in 15 epochs, each against `default` at the same budget, two seeds
-        'default': dict(epochs=15), 'drop0.1': dict(epochs=15, dropout_p=0.1), 'ema': dict(epochs=15, ema=0.999)},
+        'default': dict(epochs=15), 'drop0.1': dict(epochs=15, dropout_p=0.1), 'ema': dict(epochs=15, ema=0.999),
+        'ls0.2': dict(epochs=15, label_smoothing=0.2)},
     'independent-augs': { # the first runs after the three augmentations were made to draw independently
         'default-lrfind': dict(lr_find=True)},
     'baseline': { # the registered variants with tied augmentations (before commit d3cb96a)
