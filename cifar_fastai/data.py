@@ -77,15 +77,17 @@ def extract_archive(fname, dest=None) -> Path:
     fname = Path(fname).expanduser()
     out = Path(dest or cache_dir())/f"{fname.name.split('.')[0]}-{file_hash(fname)}"
     if out.exists(): return out
-    tmp = out.with_name(out.name+'.partial')
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out.with_name(f'{out.name}.{os.getpid()}.partial') # one per process: two may extract at once
     try:
         with tarfile.open(fname) as tar: tar.extractall(tmp, filter='data')
     except (tarfile.TarError, EOFError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = str(e).splitlines()[0].rstrip(':')
         raise DataError(f"{fname} could not be extracted ({reason}): pass a .tgz of CIFAR-10 in fastai's layout") from None
-    tmp.rename(out)
+    try: tmp.rename(out)
+    except OSError: # another process finished first: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists(): raise
     return out
 
 # %% ../nbs/00_data.ipynb #13553e4e
