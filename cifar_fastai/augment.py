@@ -21,8 +21,7 @@ class AlbumentationsTransform(ItemTransform):
     def __init__(self, aug): self.aug = aug
     def encodes(self, x):
         img,*rest = x
-        seed = random.getrandbits(64)
-        self.aug.set_random_state(np.random.default_rng(seed), random.Random(seed)) # one stream, drawn from in turn
+        self.aug.set_random_state(np.random.Generator(np.random.get_bit_generator()), random.random.__self__) # the global streams
         return (self.aug(image=img)['image'], *rest)
 
 # %% ../nbs/01_augment.ipynb #9b071772

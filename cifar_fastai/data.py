@@ -13,8 +13,8 @@ from .augment import AlbumentationsTransform, cifar_augs
 # %% auto #0
 __all__ = ['CIFAR_CLASSES', 'CIFAR_STATS', 'DataError', 'make_fake_cifar', 'check_layout', 'cache_dir', 'file_hash',
            'extract_archive', 'get_cifar10', 'save_atomic', 'image_files', 'content_key', 'decode_image',
-           'decode_images', 'decoded_images', 'CachedImage', 'collate_images', 'dataset_stats', 'cifar_items',
-           'default_num_workers', 'cifar_datasets', 'cifar_dls', 'inference_dls']
+           'decode_images', 'decoded_images', 'CachedImage', 'collate_images', 'FolderLabel', 'dataset_stats',
+           'cifar_items', 'default_num_workers', 'cifar_datasets', 'cifar_dls', 'inference_dls']
 
 # %% ../nbs/00_data.ipynb #38fa0c3a
 class DataError(ValueError):
@@ -198,16 +198,25 @@ def decoded_images(path, size=32) -> tuple:
 # %% ../nbs/00_data.ipynb #94329d55
 class CachedImage(Transform):
     "Open an image file as an `HxWxC` `uint8` array: a view of `images` if `fns` holds it, else decoded and resized to `size`"
-    def __init__(self, fns=(), images=None, size=32): self.index,self.images,self.size = {f:i for i,f in enumerate(fns)},images,size
+    def __init__(self, fns=(), images=None, size=32):
+        self.index,self.size = {f:i for i,f in enumerate(fns)},size
+        self.images = None if images is None else np.asarray(images) # a plain array: indexing a memmap is slower
     def encodes(self, fn:Path|str):
         i = self.index.get(fn)
-        return decode_image(fn, self.size) if i is None else np.asarray(self.images[i])
+        return decode_image(fn, self.size) if i is None else self.images[i]
     def __getstate__(self): return {**self.__dict__, 'index':{}, 'images':None} # a pickled (exported) model keeps no data
 
 def collate_images(b) -> tuple:
-    "Collate the items `b`: their `HxWxC` arrays into one `NxCxHxW` `TensorImage`, anything else as fastai does"
-    return tuple(TensorImage(torch.from_numpy(np.stack(o)).permute(0,3,1,2).contiguous()) if isinstance(o[0], np.ndarray) else fa_collate(o)
+    "Collate the items `b`: their `HxWxC` arrays into one `NxCxHxW` `TensorImage` (in channels-last memory), anything else as fastai does"
+    return tuple(TensorImage(torch.from_numpy(np.stack(o)).permute(0,3,1,2)) if isinstance(o[0], np.ndarray) else fa_collate(o)
                  for o in zip(*b))
+
+class FolderLabel(Categorize):
+    "Label the image file `o` (a `Path`) with its folder's index in `vocab`, as `parent_label` and `Categorize` do, with one shared `TensorCategory` per class"
+    def __init__(self, vocab):
+        super().__init__(vocab)
+        self.tensors = [TensorCategory(i) for i in range(len(self.vocab))]
+    def encodes(self, o): return self.tensors[self.vocab.o2i[o.parent.name]]
 
 # %% ../nbs/00_data.ipynb #904bd259
 def _stats_file(path):
@@ -266,7 +275,7 @@ def default_num_workers() -> int:
 # %% ../nbs/00_data.ipynb #9437abd6
 def cifar_datasets(items, vocab, fns=(), images=None, splits=None) -> Datasets:
     "fastai `Datasets` of the image files (or `HxWxC` arrays) `items`, labelled by their folder among `vocab`; `images` holds the decoded `fns`"
-    return Datasets(items, tfms=[[CachedImage(fns, images)], [parent_label, Categorize(vocab=vocab)]], splits=splits)
+    return Datasets(items, tfms=[[CachedImage(fns, images)], [FolderLabel(vocab)]], splits=splits)
 
 def cifar_dls(path, bs=128, subset=None, seed=None, num_workers=None, aug=True, dropout_p=0.5, item_tfms=None, batch_tfms=None,
               stats=None, strict=False, device=None, **kwargs) -> DataLoaders:
