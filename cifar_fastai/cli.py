@@ -12,7 +12,7 @@ from fastcore.script import call_parse, Param, store_true # after fastai's star 
 from .augment import cifar_augs
 from .data import DataError, cifar_dls, dataset_stats, decode_image, decoded_images, get_cifar10, save_atomic
 from .model import ARCHS, check_arch, compare_archs, get_model, model_summary, receptive_field
-from .learner import TRAIN_DEFAULTS, bars_only_on_terminal, cifar_learner, find_lr
+from .learner import OPTIMIZERS, TRAIN_DEFAULTS, bars_only_on_terminal, cifar_learner, find_lr
 from .callbacks import TrainingDiverged, device_name
 from .run import RunExists, command_line
 from .inference import evaluate, load_model, predict_probs
@@ -86,6 +86,7 @@ def cifar_train(
     wd:Param(f"weight decay (default: {TRAIN_DEFAULTS['wd']}; fastai's is 0.01)", float)=None,
     dropout_p:Param(f"probability that CoarseDropout cuts its 16x16 hole in a training image (default: {TRAIN_DEFAULTS['dropout_p']})", float)=None,
     ema:float=None, # test with, and keep, an exponential moving average of the weights with this decay per step, e.g. 0.999 (default: off)
+    opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)}, the latter SGD with Nesterov momentum, which wants --lr near 0.1 (default: {TRAIN_DEFAULTS['opt']})", str)=None,
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -102,7 +103,7 @@ def cifar_train(
     with cli_errors(debug, out):
         set_threads(threads)
         m = train(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset, out=out, label_smoothing=label_smoothing,
-                  wd=wd, dropout_p=dropout_p, ema=ema, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
+                  wd=wd, dropout_p=dropout_p, ema=ema, opt=opt, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
                   teacher=teacher, temperature=temperature, teacher_weight=teacher_weight, lr_find=lr_find)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
         else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "

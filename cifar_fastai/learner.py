@@ -10,20 +10,32 @@ from fastai.vision.all import *
 from .model import get_model
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'cifar_learner', 'bars_only_on_terminal', 'find_lr']
+__all__ = ['TRAIN_DEFAULTS', 'OPTIMIZERS', 'cifar_learner', 'nesterov_step', 'SGDNesterov', 'bars_only_on_terminal', 'find_lr']
 
 # %% ../nbs/03_learner.ipynb #5ba14e5b
 TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=5e-3, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
-                      dropout_p=0.5, ema=None, temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
+                      dropout_p=0.5, ema=None, opt='adam', temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
 
-def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, path='.', cbs=None, **kwargs) -> Learner:
-    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, cross-entropy loss and `accuracy` (settings left at `None` from `TRAIN_DEFAULTS`)"
+def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, path='.', cbs=None, **kwargs) -> Learner:
+    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS` (settings left at `None` from `TRAIN_DEFAULTS`)"
     model = get_model(ifnone(arch, TRAIN_DEFAULTS['arch']), n_out=len(dls.vocab))
     loss_func = CrossEntropyLossFlat(label_smoothing=ifnone(label_smoothing, TRAIN_DEFAULTS['label_smoothing']))
-    learn = Learner(dls, model, loss_func=loss_func, metrics=accuracy, wd=ifnone(wd, TRAIN_DEFAULTS['wd']), path=path, cbs=cbs, **kwargs)
+    learn = Learner(dls, model, opt_func=OPTIMIZERS[ifnone(opt, TRAIN_DEFAULTS['opt'])], loss_func=loss_func, metrics=accuracy,
+                    wd=ifnone(wd, TRAIN_DEFAULTS['wd']), path=path, cbs=cbs, **kwargs)
     if dls.device is not None and dls.device.type=='cuda':
         learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     return learn
+
+# %% ../nbs/03_learner.ipynb #45ae8a7f
+def nesterov_step(p, lr, mom, grad_avg, **kwargs):
+    "Step for SGD with Nesterov momentum: along the gradient plus `mom` times the running sum of gradients `grad_avg`"
+    p.data.add_(p.grad.data.add(grad_avg, alpha=mom), alpha=-lr)
+
+def SGDNesterov(params, lr, mom=0.9, wd=0., decouple_wd=True) -> Optimizer:
+    "A fastai `Optimizer` for SGD with Nesterov momentum `mom` and weight decay `wd` (decoupled, or as L2 if not `decouple_wd`)"
+    return Optimizer(params, [weight_decay if decouple_wd else l2_reg, average_grad, nesterov_step], lr=lr, mom=mom, wd=wd)
+
+OPTIMIZERS = dict(adam=Adam, sgd=SGDNesterov)
 
 # %% ../nbs/03_learner.ipynb #4d63b4b1
 def bars_only_on_terminal(learn, progress=None):

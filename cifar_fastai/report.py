@@ -11,7 +11,7 @@ from IPython.display import Markdown
 
 # %% auto #0
 __all__ = ['tta_accuracy', 'short_device', 'runs_table', 'summarize_runs', 'md_table', 'seed_runs', 'headline_row',
-           'ablation_table', 'shift_gains', 'bench_files', 'epoch_table']
+           'ablation_table', 'shift_gains', 'bench_files', 'epoch_table', 'bench_table']
 
 # %% ../nbs/09_report.ipynb #0cb468b5
 def tta_accuracy(run, fname='eval-tta.json') -> float:
@@ -122,3 +122,16 @@ def epoch_table(before, after, path='results/bench') -> pd.DataFrame:
                          ('epoch, median', f"{np.median(eb):.1f} s", f"{np.median(ea):.1f} s ({1-np.median(ea)/np.median(eb):.0%} shorter)"),
                          ('training step alone, images/s (median)', f"{sb:,.0f}", f"{sa:,.0f}"),
                          ('machine', b[0]['machine'], a[0]['machine'])], columns=['measure', 'before', 'after'])
+
+# %% ../nbs/09_report.ipynb #b29ecdb9
+def bench_table(measures, versions, path='results/bench') -> pd.DataFrame:
+    "Medians of `measures` (`{label: key}`, or keys to try in turn) over the `cifar_bench` files of each of `versions` (`{column: pattern}`), with the runs' count"
+    runs = {col:bench_files(pat, path) for col,pat in versions.items()}
+    def median(xs, k):
+        keys = (k,) if isinstance(k, str) else k
+        vals = [o[next(x for x in keys if x in o)] for o in xs if any(x in o for x in keys)]
+        if not vals: return ''
+        m = np.median(vals)
+        return f"{m:.2f}" if m < 10 else f"{m:,.0f}"
+    rows = [(label, *(median(xs, k) for xs in runs.values())) for label,k in measures.items()]
+    return pd.DataFrame(rows + [('runs', *(str(len(xs)) for xs in runs.values()))], columns=['measure', *versions])
