@@ -26,7 +26,7 @@ def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, path=
         learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     return learn
 
-# %% ../nbs/03_learner.ipynb #45ae8a7f
+# %% ../nbs/03_learner.ipynb #1ad390ec
 def nesterov_step(p, lr, mom, grad_avg, **kwargs):
     "Step for SGD with Nesterov momentum: along the gradient plus `mom` times the running sum of gradients `grad_avg`"
     p.data.add_(p.grad.data.add(grad_avg, alpha=mom), alpha=-lr)

@@ -123,7 +123,7 @@ def epoch_table(before, after, path='results/bench') -> pd.DataFrame:
                          ('training step alone, images/s (median)', f"{sb:,.0f}", f"{sa:,.0f}"),
                          ('machine', b[0]['machine'], a[0]['machine'])], columns=['measure', 'before', 'after'])
 
-# %% ../nbs/09_report.ipynb #b29ecdb9
+# %% ../nbs/09_report.ipynb #d3ce782b
 def bench_table(measures, versions, path='results/bench') -> pd.DataFrame:
     "Medians of `measures` (`{label: key}`, or keys to try in turn) over the `cifar_bench` files of each of `versions` (`{column: pattern}`), with the runs' count"
     runs = {col:bench_files(pat, path) for col,pat in versions.items()}
