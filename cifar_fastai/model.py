@@ -87,8 +87,8 @@ ARCH_BUDGETS = {'default': 200_000, 'deep': 200_000, 'base': 200_000, 'dilated':
 
 # %% ../nbs/02_model.ipynb #70e8b47e
 def count_params(model) -> int:
-    "Number of trainable parameters in `model`"
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    "Number of parameters in `model`, as fastai's `total_params` counts them"
+    return total_params(model)[0]
 
 # %% ../nbs/02_model.ipynb #0e942552
 def check_budget(model, budget=200_000, name='model'):
@@ -110,12 +110,8 @@ def get_model(arch='default', n_out=10, **kwargs) -> nn.Module:
 
 # %% ../nbs/02_model.ipynb #43a548f5
 def run_hooked(model, hook, select=lambda m: True, size=32):
-    "Run `model` in eval mode on one zero `size`x`size` image with the forward `hook` on each module where `select`"
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if select(m)]
-    try:
-        with torch.no_grad(): model.eval()(torch.zeros(1, 3, size, size, device=one_param(model).device))
-    finally:
-        for h in hooks: h.remove()
+    "Run `model` in eval mode on one `size`x`size` image (fastai's `dummy_eval`) with the forward `hook` on each module where `select`"
+    with Hooks([m for m in model.modules() if select(m)], hook): dummy_eval(model, (size,size))
 
 # %% ../nbs/02_model.ipynb #a04d23dc
 def _conv_trace(model, size):
