@@ -15,13 +15,15 @@ import albumentations as A # after fastai's star import, which has an `A` of its
 __all__ = ['AlbumentationsTransform', 'cifar_augs', 'fired', 'probe_image', 'check_independent']
 
 # %% ../nbs/01_augment.ipynb #81246d67
+_global_random = random.random.__self__ # the `Random` instance behind the `random` module's functions, which `random.seed` seeds
+
 class AlbumentationsTransform(ItemTransform):
     "Apply the albumentations pipeline `aug` to the `HxWxC` `uint8` array image of a training item `(image, label...)`"
     split_idx,order = 0,2 # training split only
     def __init__(self, aug): self.aug = aug
     def encodes(self, x):
         img,*rest = x
-        self.aug.set_random_state(np.random.Generator(np.random.get_bit_generator()), random.random.__self__) # the global streams
+        self.aug.set_random_state(np.random.Generator(np.random.get_bit_generator()), _global_random)
         return (self.aug(image=img)['image'], *rest)
 
 # %% ../nbs/01_augment.ipynb #9b071772

@@ -14,7 +14,7 @@ from .data import DataError, cifar_dls, dataset_stats, decode_image, decoded_ima
 from .model import ARCHS, check_arch, compare_archs, get_model, model_summary, receptive_field
 from .learner import OPTIMIZERS, TRAIN_DEFAULTS, bars_only_on_terminal, cifar_learner, find_lr
 from .callbacks import TrainingDiverged, device_name
-from .run import RunExists, command_line
+from .run import RunExists, check_settings, command_line
 from .inference import evaluate, load_model, predict_probs
 from .train import train
 
@@ -115,6 +115,7 @@ def cifar_lr_find(
     data:str=None, # CIFAR-10 folder or .tgz (default: $CIFAR10_DATA, else download)
     arch:str='default', # model variant
     bs:int=128, # batch size
+    opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)} (default: {TRAIN_DEFAULTS['opt']})", str)=None,
     subset:float=None, # use this stratified fraction of the training set
     seed:int=None, # random seed
     out:str=None, # folder for lr_find.png (default: runs/lr_find-TIME)
@@ -125,11 +126,12 @@ def cifar_lr_find(
         out = Path(out or default_out('lr_find'))
         if (out/'lr_find.png').exists(): raise RunExists(f"{out}/lr_find.png exists: pass a new --out")
         if seed is not None: set_seed(seed, reproducible=True)
-        learn = bars_only_on_terminal(cifar_learner(cifar_dls(get_cifar10(data), bs=bs, subset=subset, seed=seed), arch, path=out))
+        check_settings(**{**TRAIN_DEFAULTS, **{k:v for k,v in dict(arch=arch, bs=bs, opt=opt).items() if v is not None}})
+        learn = bars_only_on_terminal(cifar_learner(cifar_dls(get_cifar10(data), bs=bs, subset=subset, seed=seed), arch, opt=opt, path=out))
         out.mkdir(parents=True, exist_ok=True)
         valley,suggs = find_lr(learn, out)
         for k,v in suggs.items(): print(f"{k:>8}: {v:.2e}")
-        print(f"plot saved to {out/'lr_find.png'}; train with: cifar_train --arch {arch} --lr {valley:.2e}")
+        print(f"plot saved to {out/'lr_find.png'}; train with: cifar_train --arch {arch}{f' --opt {opt}' if opt else ''} --lr {valley:.2e}")
 
 # %% ../nbs/10_cli.ipynb #e2242e99
 @call_parse

@@ -211,12 +211,16 @@ def collate_images(b) -> tuple:
     return tuple(TensorImage(torch.from_numpy(np.stack(o)).permute(0,3,1,2)) if isinstance(o[0], np.ndarray) else fa_collate(o)
                  for o in zip(*b))
 
+# %% ../nbs/00_data.ipynb #1625d908
 class FolderLabel(Categorize):
-    "Label the image file `o` (a `Path`) with its folder's index in `vocab`, as `parent_label` and `Categorize` do, with one shared `TensorCategory` per class"
+    "`parent_label` then `Categorize(vocab)`, in one transform that hands out one shared `TensorCategory` per class"
     def __init__(self, vocab):
         super().__init__(vocab)
         self.tensors = [TensorCategory(i) for i in range(len(self.vocab))]
-    def encodes(self, o): return self.tensors[self.vocab.o2i[o.parent.name]]
+    def encodes(self, o):
+        label = o.parent.name if isinstance(o, Path) else parent_label(o)
+        i = self.vocab.o2i.get(label)
+        return super().encodes(label) if i is None else self.tensors[i]
 
 # %% ../nbs/00_data.ipynb #904bd259
 def _stats_file(path):

@@ -110,8 +110,9 @@ def get_model(arch='default', n_out=10, **kwargs) -> nn.Module:
 
 # %% ../nbs/02_model.ipynb #43a548f5
 def run_hooked(model, hook, select=lambda m: True, size=32):
-    "Run `model` in eval mode on one `size`x`size` image (fastai's `dummy_eval`) with the forward `hook` on each module where `select`"
-    with Hooks([m for m in model.modules() if select(m)], hook): dummy_eval(model, (size,size))
+    "Run `model` in eval mode on one zero `size`x`size` image with fastai's `Hooks`: the forward `hook` on each module where `select`"
+    with Hooks([m for m in model.modules() if select(m)], hook), torch.no_grad(): # zeros, not `dummy_eval`'s noise: no draw from the seeded RNG
+        model.eval()(torch.zeros(1, 3, size, size, device=one_param(model).device))
 
 # %% ../nbs/02_model.ipynb #a04d23dc
 def _conv_trace(model, size):
