@@ -86,7 +86,7 @@ def cifar_train(
     wd:Param(f"weight decay (default: {TRAIN_DEFAULTS['wd']}; fastai's is 0.01)", float)=None,
     dropout_p:Param(f"probability that CoarseDropout cuts its 16x16 hole in a training image (default: {TRAIN_DEFAULTS['dropout_p']})", float)=None,
     ema:float=None, # test with, and keep, an exponential moving average of the weights with this decay per step, e.g. 0.999 (default: off)
-    opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)}, the latter SGD with Nesterov momentum, which wants --lr near 0.1 (default: {TRAIN_DEFAULTS['opt']})", str)=None,
+    opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)}, the latter SGD with Nesterov momentum: pass a higher --lr with it, e.g. 0.1 (default: {TRAIN_DEFAULTS['opt']})", str)=None,
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -126,7 +126,7 @@ def cifar_lr_find(
         out = Path(out or default_out('lr_find'))
         if (out/'lr_find.png').exists(): raise RunExists(f"{out}/lr_find.png exists: pass a new --out")
         if seed is not None: set_seed(seed, reproducible=True)
-        check_settings(**{**TRAIN_DEFAULTS, **{k:v for k,v in dict(arch=arch, bs=bs, opt=opt).items() if v is not None}})
+        check_settings(**{**TRAIN_DEFAULTS, 'arch':arch, 'bs':bs, 'opt':ifnone(opt, TRAIN_DEFAULTS['opt'])})
         learn = bars_only_on_terminal(cifar_learner(cifar_dls(get_cifar10(data), bs=bs, subset=subset, seed=seed), arch, opt=opt, path=out))
         out.mkdir(parents=True, exist_ok=True)
         valley,suggs = find_lr(learn, out)
