@@ -87,6 +87,7 @@ def cifar_train(
     dropout_p:Param(f"probability that CoarseDropout cuts its 16x16 hole in a training image (default: {TRAIN_DEFAULTS['dropout_p']})", float)=None,
     ema:float=None, # test with, and keep, an exponential moving average of the weights with this decay per step, e.g. 0.999 (default: off)
     opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)}, the latter SGD with Nesterov momentum: pass a higher --lr with it, e.g. 0.1 (default: {TRAIN_DEFAULTS['opt']})", str)=None,
+    whiten:store_true=False, # start the first layer as whitening filters of a training batch's 3x3 patches (default: random)
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -103,7 +104,7 @@ def cifar_train(
     with cli_errors(debug, out):
         set_threads(threads)
         m = train(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset, out=out, label_smoothing=label_smoothing,
-                  wd=wd, dropout_p=dropout_p, ema=ema, opt=opt, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
+                  wd=wd, dropout_p=dropout_p, ema=ema, opt=opt, whiten=whiten or None, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
                   teacher=teacher, temperature=temperature, teacher_weight=teacher_weight, lr_find=lr_find)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
         else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "
@@ -116,6 +117,7 @@ def cifar_lr_find(
     arch:str='default', # model variant
     bs:int=128, # batch size
     opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)} (default: {TRAIN_DEFAULTS['opt']})", str)=None,
+    whiten:store_true=False, # start the first layer as whitening filters of a training batch (see cifar_train)
     subset:float=None, # use this stratified fraction of the training set
     seed:int=None, # random seed
     out:str=None, # folder for lr_find.png (default: runs/lr_find-TIME)
@@ -127,11 +129,11 @@ def cifar_lr_find(
         if (out/'lr_find.png').exists(): raise RunExists(f"{out}/lr_find.png exists: pass a new --out")
         if seed is not None: set_seed(seed, reproducible=True)
         check_settings(**{**TRAIN_DEFAULTS, 'arch':arch, 'bs':bs, 'opt':ifnone(opt, TRAIN_DEFAULTS['opt'])})
-        learn = bars_only_on_terminal(cifar_learner(cifar_dls(get_cifar10(data), bs=bs, subset=subset, seed=seed), arch, opt=opt, path=out))
+        learn = bars_only_on_terminal(cifar_learner(cifar_dls(get_cifar10(data), bs=bs, subset=subset, seed=seed), arch, opt=opt, whiten=whiten, path=out))
         out.mkdir(parents=True, exist_ok=True)
         valley,suggs = find_lr(learn, out)
         for k,v in suggs.items(): print(f"{k:>8}: {v:.2e}")
-        print(f"plot saved to {out/'lr_find.png'}; train with: cifar_train --arch {arch}{f' --opt {opt}' if opt else ''} --lr {valley:.2e}")
+        print(f"plot saved to {out/'lr_find.png'}; train with: cifar_train --arch {arch}{f' --opt {opt}' if opt else ''}{' --whiten' if whiten else ''} --lr {valley:.2e}")
 
 # %% ../nbs/10_cli.ipynb #e2242e99
 @call_parse

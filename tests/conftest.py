@@ -197,9 +197,9 @@ def student_job(cli, fake_data, session_dir, trained_job) -> tuple:
     return cli.submit_fn(_student, cli, fake_data, out, trained_job), out, trained_job[1]/'model.safetensors'
 
 # ---- identical 3-epoch runs with a given LR (D: seed, stop/resume)
-def _stop_then_resume(cli, data, out, num_workers):
-    "Run 3 epochs stopping after the first, note what the folder holds, try `--resume` with another `--wd` and `--epochs`, then `--resume` it"
-    stop = cli.run('cifar_train', *train_args(data, out, 3, '--stop_after', 1, num_workers=num_workers))
+def _stop_then_resume(cli, data, out, num_workers, *more):
+    "Run 3 epochs (with the options `more`) stopping after the first, note what the folder holds, try `--resume` with another `--wd` and `--epochs`, then `--resume` it"
+    stop = cli.run('cifar_train', *train_args(data, out, 3, '--stop_after', 1, *more, num_workers=num_workers))
     files = sorted(p.name for p in Path(out).iterdir()) if Path(out).exists() else []
     hist = read_history(out) if (Path(out)/'history.csv').exists() else None
     ckpt_epoch = None
@@ -212,14 +212,14 @@ def _stop_then_resume(cli, data, out, num_workers):
 
 @pytest.fixture(scope='session')
 def repeat_jobs(cli, fake_data, session_dir) -> dict:
-    "Uninterrupted runs (twice with num_workers 0, once with 2) and stop/resume runs (num_workers 0 and 2), same seed and LR"
+    "Uninterrupted runs (twice with num_workers 0, once with 2) and stop/resume runs (num_workers 0 and 2), same seed and LR; those with 2 workers start whitened"
     d = session_dir/'repeat'
     return dict(
         full0=cli.submit('cifar_train', *train_args(fake_data, d/'full0', 3)),
         full0b=cli.submit('cifar_train', *train_args(fake_data, d/'full0b', 3)),
         resumed0=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed0', 0),
-        full2=cli.submit('cifar_train', *train_args(fake_data, d/'full2', 3, num_workers=2)),
-        resumed2=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed2', 2),
+        full2=cli.submit('cifar_train', *train_args(fake_data, d/'full2', 3, '--whiten', num_workers=2)),
+        resumed2=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed2', 2, '--whiten'),
     )
 
 # ---- bad input (B): built up front, run on the pool

@@ -116,9 +116,11 @@ def test_resume_matches_uninterrupted(repeat_jobs):
     _compare_resumed(repeat_jobs['resumed0'].result(), full, 0)
 
 def test_resume_matches_uninterrupted_workers(repeat_jobs):
-    "The same with --num_workers 2 (compared with an uninterrupted run that also uses 2 workers)"
+    "The same with --num_workers 2 and --whiten (compared with an uninterrupted run that also uses both): the resume, without --whiten, keeps the run's whitened start"
     full = repeat_jobs['full2'].result().ok()
-    _compare_resumed(repeat_jobs['resumed2'].result(), full, 2)
+    s = repeat_jobs['resumed2'].result()
+    _compare_resumed(s, full, 2)
+    assert json.loads((s['out']/'metrics.json').read_text())['whiten'] is True
 
 GPU_CHECKPOINT = Path(__file__).parent/'fixtures'/'gpu-checkpoint'
 
