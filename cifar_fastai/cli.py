@@ -87,7 +87,7 @@ def cifar_train(
     dropout_p:Param(f"probability that CoarseDropout cuts its 16x16 hole in a training image (default: {TRAIN_DEFAULTS['dropout_p']})", float)=None,
     ema:float=None, # test with, and keep, an exponential moving average of the weights with this decay per step, e.g. 0.999 (default: off)
     opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)}, the latter SGD with Nesterov momentum: pass a higher --lr with it, e.g. 0.1 (default: {TRAIN_DEFAULTS['opt']})", str)=None,
-    whiten:store_true=False, # start the first layer as whitening filters of a training batch's 3x3 patches (default: random)
+    whiten:store_true=False, # start the first layer along the principal directions of the training images' 3x3 patches (patch whitening)
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -117,7 +117,7 @@ def cifar_lr_find(
     arch:str='default', # model variant
     bs:int=128, # batch size
     opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)} (default: {TRAIN_DEFAULTS['opt']})", str)=None,
-    whiten:store_true=False, # start the first layer as whitening filters of a training batch (see cifar_train)
+    whiten:store_true=False, # start the first layer by patch whitening, as cifar_train --whiten does
     subset:float=None, # use this stratified fraction of the training set
     seed:int=None, # random seed
     out:str=None, # folder for lr_find.png (default: runs/lr_find-TIME)

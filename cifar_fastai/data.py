@@ -14,7 +14,7 @@ from .augment import AlbumentationsTransform, cifar_augs
 __all__ = ['CIFAR_CLASSES', 'CIFAR_STATS', 'DataError', 'make_fake_cifar', 'check_layout', 'cache_dir', 'file_hash',
            'extract_archive', 'get_cifar10', 'save_atomic', 'image_files', 'content_key', 'decode_image',
            'decode_images', 'decoded_images', 'CachedImage', 'collate_images', 'FolderLabel', 'dataset_stats',
-           'cifar_items', 'default_num_workers', 'cifar_datasets', 'cifar_dls', 'inference_dls']
+           'cifar_items', 'default_num_workers', 'cifar_datasets', 'cifar_dls', 'inference_dls', 'plain_batch']
 
 # %% ../nbs/00_data.ipynb #38fa0c3a
 class DataError(ValueError):
@@ -304,3 +304,10 @@ def inference_dls(vocab, stats) -> DataLoaders:
     dls = dsets.dataloaders(bs=1, after_batch=[IntToFloatTensor, Normalize.from_stats(*stats)], create_batch=collate_images, num_workers=0).new_empty()
     dls.valid_ds.tls[0].tfms[0].index = {} # and a file of that name is read from disk
     return dls
+
+# %% ../nbs/00_data.ipynb #b41b7e55
+def plain_batch(dls, n=512) -> TensorImage:
+    "`n` training images spread evenly over `dls`'s training set, unaugmented and normalised, on `dls.device`"
+    ds = dls.train_ds
+    items = [ds[i] for i in np.linspace(0, len(ds)-1, min(n, len(ds))).astype(int)]
+    return dls.train.after_batch(to_device(dls.train.create_batch(items), dls.device))[0]

@@ -176,23 +176,25 @@ def compare_archs(archs=None, size=32) -> pd.DataFrame:
     rows = [dict(arch=a, budget=ARCH_BUDGETS[a], **model_summary(a, size)[1]) for a in (archs or ARCHS)]
     return pd.DataFrame(rows).set_index('arch')
 
-# %% ../nbs/02_model.ipynb #3d9d3b36
+# %% ../nbs/02_model.ipynb #feca6c83
 def patch_principal_axes(x, ks=3) -> tuple:
-    "Eigenvalues, largest first, and eigenvectors, as `ks`x`ks` filters, of the covariance of the `ks`x`ks` patches of the images `x`"
+    "Eigenvalues, largest first, and unit eigenvectors, as `ks`x`ks` filters, of the covariance of the `ks`x`ks` patches of the images `x`"
     patches = F.unfold(x.float(), ks).transpose(1, 2).flatten(0, 1)
     patches = patches - patches.mean(0)
     vals,vecs = torch.linalg.eigh(patches.T @ patches / len(patches))
     return vals.flip(0),vecs.T.flip(0).reshape(-1, x.shape[1], ks, ks)
 
-# %% ../nbs/02_model.ipynb #803994ef
-def whiten_init(model, x, eps=5e-4):
-    "Set the first convolution of `model` to whitening filters of the images `x`: their strongest principal patch directions over `sqrt(eigenvalue+eps)`, and their negations"
+# %% ../nbs/02_model.ipynb #8509eaee
+def whiten_init(model, x):
+    "Point the filters of `model`'s first convolution along the strongest principal patch directions of the images `x`, each with its negation, keeping the layer's scale"
     conv = first(m for m in model.modules() if isinstance(m, nn.Conv2d))
     nf,ni,ks,_ = conv.weight.shape
+    if x.shape[1]!=ni: raise ValueError(f"the first convolution takes {ni} channels, the images have {x.shape[1]}")
     if nf%2 or nf//2 > ni*ks*ks: raise ValueError(f"whitening fills an even number of filters, at most {2*ni*ks*ks}, not {nf}")
-    vals,vecs = patch_principal_axes(x.to(conv.weight.device), ks)
-    filters = vecs[:nf//2] / (vals[:nf//2]+eps).sqrt()[:,None,None,None]
-    with torch.no_grad(): conv.weight.copy_(torch.cat([filters, -filters]))
+    axes = patch_principal_axes(x.to(conv.weight.device), ks)[1][:nf//2]
+    with torch.no_grad():
+        scale = conv.weight.flatten(1).norm(dim=1).mean()
+        conv.weight.copy_(torch.cat([axes, -axes]) * scale)
     return model
 
 # %% ../nbs/02_model.ipynb #0b6acdb4
