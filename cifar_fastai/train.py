@@ -62,8 +62,7 @@ def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset
     dls = run_dls(cfg, num_workers, strict)
     if state is None: cfg.update(data_summary(dls))
     distill = distill_from(cfg['teacher'], dls, cfg['temperature'], cfg['teacher_weight']) if cfg.get('teacher') else None
-    learn = cifar_learner(dls, cfg['arch'], label_smoothing=cfg['label_smoothing'], wd=cfg['wd'], opt=cfg.get('opt'),
-                          whiten=state is None and cfg['whiten'], path=out) # a resumed run loads its weights
+    learn = cifar_learner(dls, cfg['arch'], label_smoothing=cfg['label_smoothing'], wd=cfg['wd'], opt=cfg.get('opt'), whiten=cfg.get('whiten'), path=out)
     learn.logger = noop # `RunLogger` prints one line per epoch instead of fastai's table
     bars_only_on_terminal(learn, progress)
     if lr_find:
