@@ -4,7 +4,7 @@
 into `results/STUDY/VARIANT-sN`, or continues it if a checkpoint is there, then tests its model three ways: plainly
 (`eval.json`), with mirror TTA (`eval-tta.json`) and with mirror+shift TTA (`eval-tta-shift.json`). The headline
 runs of the README are the study `headline`: seed 0 goes into `results/VARIANT`, seed N into `results/VARIANT-sN`, and
-only they keep `model.pkl` (every run keeps `model.safetensors`). The data come from `$CIFAR10_DATA`.
+only they keep `model.pkl` and `top_losses.png` (every run keeps `model.safetensors` and its other plots). The data come from `$CIFAR10_DATA`.
 
 A study's variants are the settings they change from `TRAIN_DEFAULTS`. Runs made before a change of the library
 (the augmentation fix, a default that moved) record the commit of their code in `metrics.json`; rerunning their
@@ -33,7 +33,7 @@ STUDIES = {
     'screen15': { # levers for 85% in 15 epochs, each against `default` at the same budget, two seeds
         'default': dict(epochs=15), 'drop0.1': dict(epochs=15, dropout_p=0.1), 'ema': dict(epochs=15, ema=0.999),
         'ls0.2': dict(epochs=15, label_smoothing=0.2), 'sgd': dict(epochs=15, opt='sgd', lr=0.1, wd=5e-3),
-        'whiten': dict(epochs=15, whiten=True)},
+        'whiten': dict(epochs=15, whiten=True), 'deep': dict(arch='deep', epochs=15)},
     'independent-augs': { # the first runs after the three augmentations were made to draw independently
         'default-lrfind': dict(lr_find=True)},
     'baseline': { # the registered variants with tied augmentations (before commit d3cb96a)
@@ -105,4 +105,5 @@ def main(
         sys.exit(f"{out}: interrupted; " + (again if (out/'checkpoint.pth').exists() else "no epoch was saved"))
     if not (out/'metrics.json').exists(): sys.exit(f"{out}: stopped after epoch {m['stopped_after']}; {again}")
     evaluate_run(out, data)
-    if study!='headline': (out/'model.pkl').unlink(missing_ok=True) # model.safetensors is enough; model.pkl only in headline runs
+    if study!='headline': # model.safetensors is enough, and results/ stays small: model.pkl and top_losses.png only in headline runs
+        for f in ('model.pkl', 'top_losses.png'): (out/f).unlink(missing_ok=True)
