@@ -18,7 +18,7 @@ TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=5e-3, bs=128, seed=None, sub
                       dropout_p=0.5, ema=None, opt='adam', whiten=False, temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
 
 def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, whiten=None, path='.', cbs=None, **kwargs) -> Learner:
-    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS` (settings left at `None` from `TRAIN_DEFAULTS`)"
+    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS`, in mixed precision on CUDA (settings left at `None` from `TRAIN_DEFAULTS`)"
     model = get_model(ifnone(arch, TRAIN_DEFAULTS['arch']), n_out=len(dls.vocab))
     if ifnone(whiten, TRAIN_DEFAULTS['whiten']): whiten_init(model, plain_batch(dls))
     loss_func = CrossEntropyLossFlat(label_smoothing=ifnone(label_smoothing, TRAIN_DEFAULTS['label_smoothing']))
