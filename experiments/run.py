@@ -33,7 +33,8 @@ STUDIES = {
     'screen15': { # levers for 85% in 15 epochs, each against `default` at the same budget, two seeds
         'default': dict(epochs=15), 'drop0.1': dict(epochs=15, dropout_p=0.1), 'ema': dict(epochs=15, ema=0.999),
         'ls0.2': dict(epochs=15, label_smoothing=0.2), 'sgd': dict(epochs=15, opt='sgd', lr=0.1, wd=5e-3),
-        'whiten': dict(epochs=15, whiten=True), 'deep': dict(arch='deep', epochs=15)},
+        'whiten': dict(epochs=15, whiten=True), 'deep': dict(arch='deep', epochs=15),
+        'light': dict(epochs=15, dropout_p=0.1, label_smoothing=0)},
     'independent-augs': { # the first runs after the three augmentations were made to draw independently
         'default-lrfind': dict(lr_find=True)},
     'baseline': { # the registered variants with tied augmentations (before commit d3cb96a)
