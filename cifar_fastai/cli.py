@@ -88,6 +88,7 @@ def cifar_train(
     ema:float=None, # test with, and keep, an exponential moving average of the weights with this decay per step, e.g. 0.999 (default: off)
     opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)}, the latter SGD with Nesterov momentum: pass a higher --lr with it, e.g. 0.1 (default: {TRAIN_DEFAULTS['opt']})", str)=None,
     whiten:store_true=False, # start the first layer along the principal directions of the training images' 3x3 patches (patch whitening)
+    bn_bias_lr_mult:Param(f"learning rate of the BatchNorm biases, as a multiple of the rest's (default: {TRAIN_DEFAULTS['bn_bias_lr_mult']})", float)=None,
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -104,7 +105,7 @@ def cifar_train(
     with cli_errors(debug, out):
         set_threads(threads)
         m = train(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset, out=out, label_smoothing=label_smoothing,
-                  wd=wd, dropout_p=dropout_p, ema=ema, opt=opt, whiten=whiten or None, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
+                  wd=wd, dropout_p=dropout_p, ema=ema, opt=opt, whiten=whiten or None, bn_bias_lr_mult=bn_bias_lr_mult, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
                   teacher=teacher, temperature=temperature, teacher_weight=teacher_weight, lr_find=lr_find)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
         else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "

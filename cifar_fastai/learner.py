@@ -11,16 +11,19 @@ from .data import plain_batch
 from .model import get_model, whiten_init
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'OPTIMIZERS', 'cifar_learner', 'nesterov_step', 'SGDNesterov', 'bars_only_on_terminal', 'find_lr']
+__all__ = ['TRAIN_DEFAULTS', 'OPTIMIZERS', 'cifar_learner', 'nesterov_step', 'SGDNesterov', 'bn_bias_splitter', 'BNBiasLR',
+           'bars_only_on_terminal', 'find_lr']
 
 # %% ../nbs/03_learner.ipynb #5ba14e5b
 TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=5e-3, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
-                      dropout_p=0.5, ema=None, opt='adam', whiten=False, temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
+                      dropout_p=0.5, ema=None, opt='adam', whiten=False, bn_bias_lr_mult=1., temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
 
-def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, whiten=None, path='.', cbs=None, **kwargs) -> Learner:
-    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS`, in mixed precision on CUDA (settings left at `None` from `TRAIN_DEFAULTS`)"
+def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, whiten=None, bn_bias_lr_mult=None, path='.', cbs=None, **kwargs) -> Learner:
+    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS`, the BatchNorm biases at `bn_bias_lr_mult` times its learning rate, in mixed precision on CUDA (settings left at `None` from `TRAIN_DEFAULTS`)"
     model = get_model(ifnone(arch, TRAIN_DEFAULTS['arch']), n_out=len(dls.vocab))
     if ifnone(whiten, TRAIN_DEFAULTS['whiten']): whiten_init(model, plain_batch(dls))
+    mult = ifnone(bn_bias_lr_mult, TRAIN_DEFAULTS['bn_bias_lr_mult'])
+    if mult!=1: kwargs,cbs = dict(kwargs, splitter=bn_bias_splitter),[*L(cbs), BNBiasLR(mult)]
     loss_func = CrossEntropyLossFlat(label_smoothing=ifnone(label_smoothing, TRAIN_DEFAULTS['label_smoothing']))
     learn = Learner(dls, model, opt_func=OPTIMIZERS[ifnone(opt, TRAIN_DEFAULTS['opt'])], loss_func=loss_func, metrics=accuracy,
                     wd=ifnone(wd, TRAIN_DEFAULTS['wd']), path=path, cbs=cbs, **kwargs)
@@ -38,6 +41,19 @@ def SGDNesterov(params, lr, mom=0.9, wd=0., decouple_wd=True) -> Optimizer:
     return Optimizer(params, [weight_decay if decouple_wd else l2_reg, average_grad, nesterov_step], lr=lr, mom=mom, wd=wd)
 
 OPTIMIZERS = dict(adam=Adam, sgd=SGDNesterov)
+
+# %% ../nbs/03_learner.ipynb #7db69fb6
+def bn_bias_splitter(model) -> list:
+    "Two parameter groups of `model`: the biases of its BatchNorm layers, then every other parameter"
+    biases = [m.bias for m in model.modules() if isinstance(m, bn_types) and m.bias is not None]
+    ids = set(map(id, biases))
+    return [biases, [p for p in model.parameters() if id(p) not in ids]]
+
+class BNBiasLR(Callback):
+    "Train the first parameter group (the BatchNorm biases of `bn_bias_splitter`) at `mult` times the learning rate of the last"
+    order = ParamScheduler.order+1 # after the schedulers have set this batch's rate
+    def __init__(self, mult): self.mult = mult
+    def before_batch(self): self.opt.hypers[0]['lr'] = self.mult*self.opt.hypers[-1]['lr']
 
 # %% ../nbs/03_learner.ipynb #4d63b4b1
 def bars_only_on_terminal(learn, progress=None):

@@ -212,14 +212,14 @@ def _stop_then_resume(cli, data, out, num_workers, *more):
 
 @pytest.fixture(scope='session')
 def repeat_jobs(cli, fake_data, session_dir) -> dict:
-    "Uninterrupted runs (twice with num_workers 0, once with 2) and stop/resume runs (num_workers 0 and 2), same seed and LR; those with 2 workers start whitened"
+    "Uninterrupted runs (twice with num_workers 0, once with 2) and stop/resume runs (num_workers 0 and 2), same seed and LR; those with 2 workers start whitened and train the BatchNorm biases at 4 times the LR"
     d = session_dir/'repeat'
     return dict(
         full0=cli.submit('cifar_train', *train_args(fake_data, d/'full0', 3)),
         full0b=cli.submit('cifar_train', *train_args(fake_data, d/'full0b', 3)),
         resumed0=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed0', 0),
-        full2=cli.submit('cifar_train', *train_args(fake_data, d/'full2', 3, '--whiten', num_workers=2)),
-        resumed2=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed2', 2, '--whiten'),
+        full2=cli.submit('cifar_train', *train_args(fake_data, d/'full2', 3, '--whiten', '--bn_bias_lr_mult', '4', num_workers=2)),
+        resumed2=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed2', 2, '--whiten', '--bn_bias_lr_mult', '4'),
     )
 
 # ---- bad input (B): built up front, run on the pool

@@ -116,11 +116,12 @@ def test_resume_matches_uninterrupted(repeat_jobs):
     _compare_resumed(repeat_jobs['resumed0'].result(), full, 0)
 
 def test_resume_matches_uninterrupted_workers(repeat_jobs):
-    "The same with --num_workers 2 and --whiten (compared with an uninterrupted run that also uses both): the resume, without --whiten, keeps the run's whitened start"
+    "The same with --num_workers 2, --whiten and --bn_bias_lr_mult 4 (compared with an uninterrupted run that also uses them): the resume, without the last two, keeps the run's whitened start and biases' rate"
     full = repeat_jobs['full2'].result().ok()
     s = repeat_jobs['resumed2'].result()
     _compare_resumed(s, full, 2)
-    assert json.loads((s['out']/'metrics.json').read_text())['whiten'] is True
+    m = json.loads((s['out']/'metrics.json').read_text())
+    assert (m['whiten'],m['bn_bias_lr_mult']) == (True,4)
 
 GPU_CHECKPOINT = Path(__file__).parent/'fixtures'/'gpu-checkpoint'
 
