@@ -21,7 +21,8 @@ from cifar_fastai.train import train
 SCREENED_ARCHS = dict(
     c4w160 = partial(CifarNet, widths=(16,32,64,160), kinds=('conv','conv','dilated','sep'), down='stride'), # the first default
     w_sep = partial(CifarNet, widths=(16,48,96,160), kinds=('conv','conv','sep_dilated','sep'), down='stride', n_res=(2,1,2,1)),
-    all_sep = partial(CifarNet, widths=(16,48,96,144), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(2,2,2,2)))
+    all_sep = partial(CifarNet, widths=(16,48,96,144), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(2,2,2,2)),
+    wide = partial(CifarNet, widths=(32,56,128,128), kinds=('conv','conv','sep_dilated','sep'), down='stride', n_res=(1,1,1,1))) # twice the channels at 32x32, separable C3
 
 SHORT = dict(epochs=8, subset=0.2) # screening: 8 epochs on a stratified fifth of the training images, the whole test split
 OLD_RECIPE = dict(label_smoothing=0, wd=0.01) # fastai's defaults, before label smoothing 0.1 and weight decay 0.05 measured better
@@ -34,7 +35,8 @@ STUDIES = {
         'default': dict(epochs=15), 'drop0.1': dict(epochs=15, dropout_p=0.1), 'ema': dict(epochs=15, ema=0.999),
         'ls0.2': dict(epochs=15, label_smoothing=0.2), 'sgd': dict(epochs=15, opt='sgd', lr=0.1, wd=5e-3),
         'whiten': dict(epochs=15, whiten=True), 'deep': dict(arch='deep', epochs=15),
-        'light': dict(epochs=15, dropout_p=0.1, label_smoothing=0)},
+        'light': dict(epochs=15, dropout_p=0.1, label_smoothing=0), 'wide': dict(arch='wide', epochs=15),
+        'bnlr8': dict(epochs=15, bn_bias_lr_mult=8)},
     'independent-augs': { # the first runs after the three augmentations were made to draw independently
         'default-lrfind': dict(lr_find=True)},
     'baseline': { # the registered variants with tied augmentations (before commit d3cb96a)
