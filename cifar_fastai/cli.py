@@ -119,6 +119,7 @@ def cifar_lr_find(
     bs:int=128, # batch size
     opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)} (default: {TRAIN_DEFAULTS['opt']})", str)=None,
     whiten:store_true=False, # start the first layer by patch whitening, as cifar_train --whiten does
+    bn_bias_lr_mult:float=None, # train the BatchNorm biases at this multiple of the learning rate, as cifar_train --bn_bias_lr_mult does
     subset:float=None, # use this stratified fraction of the training set
     seed:int=None, # random seed
     out:str=None, # folder for lr_find.png (default: runs/lr_find-TIME)
@@ -129,12 +130,15 @@ def cifar_lr_find(
         out = Path(out or default_out('lr_find'))
         if (out/'lr_find.png').exists(): raise RunExists(f"{out}/lr_find.png exists: pass a new --out")
         if seed is not None: set_seed(seed, reproducible=True)
-        check_settings(**{**TRAIN_DEFAULTS, 'arch':arch, 'bs':bs, 'opt':ifnone(opt, TRAIN_DEFAULTS['opt'])})
-        learn = bars_only_on_terminal(cifar_learner(cifar_dls(get_cifar10(data), bs=bs, subset=subset, seed=seed), arch, opt=opt, whiten=whiten, path=out))
+        check_settings(**{**TRAIN_DEFAULTS, 'arch':arch, 'bs':bs, 'opt':ifnone(opt, TRAIN_DEFAULTS['opt']),
+                          'bn_bias_lr_mult':ifnone(bn_bias_lr_mult, TRAIN_DEFAULTS['bn_bias_lr_mult'])})
+        learn = bars_only_on_terminal(cifar_learner(cifar_dls(get_cifar10(data), bs=bs, subset=subset, seed=seed), arch, opt=opt, whiten=whiten,
+                                                    bn_bias_lr_mult=bn_bias_lr_mult, path=out))
         out.mkdir(parents=True, exist_ok=True)
         valley,suggs = find_lr(learn, out)
         for k,v in suggs.items(): print(f"{k:>8}: {v:.2e}")
-        print(f"plot saved to {out/'lr_find.png'}; train with: cifar_train --arch {arch}{f' --opt {opt}' if opt else ''}{' --whiten' if whiten else ''} --lr {valley:.2e}")
+        print(f"plot saved to {out/'lr_find.png'}; train with: cifar_train --arch {arch}{f' --opt {opt}' if opt else ''}{' --whiten' if whiten else ''}"
+              f"{f' --bn_bias_lr_mult {bn_bias_lr_mult:g}' if bn_bias_lr_mult else ''} --lr {valley:.2e}")
 
 # %% ../nbs/10_cli.ipynb #e2242e99
 @call_parse

@@ -19,7 +19,7 @@ TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=5e-3, bs=128, seed=None, sub
                       dropout_p=0.5, ema=None, opt='adam', whiten=False, bn_bias_lr_mult=1., temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
 
 def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, whiten=None, bn_bias_lr_mult=None, path='.', cbs=None, **kwargs) -> Learner:
-    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS`, the BatchNorm biases at `bn_bias_lr_mult` times its learning rate, in mixed precision on CUDA (settings left at `None` from `TRAIN_DEFAULTS`)"
+    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS`, the BatchNorm biases at `bn_bias_lr_mult` times the learning rate of the rest, in mixed precision on CUDA (settings left at `None` from `TRAIN_DEFAULTS`)"
     model = get_model(ifnone(arch, TRAIN_DEFAULTS['arch']), n_out=len(dls.vocab))
     if ifnone(whiten, TRAIN_DEFAULTS['whiten']): whiten_init(model, plain_batch(dls))
     mult = ifnone(bn_bias_lr_mult, TRAIN_DEFAULTS['bn_bias_lr_mult'])
@@ -42,7 +42,7 @@ def SGDNesterov(params, lr, mom=0.9, wd=0., decouple_wd=True) -> Optimizer:
 
 OPTIMIZERS = dict(adam=Adam, sgd=SGDNesterov)
 
-# %% ../nbs/03_learner.ipynb #7db69fb6
+# %% ../nbs/03_learner.ipynb #2520e6b1
 def bn_bias_splitter(model) -> list:
     "Two parameter groups of `model`: the biases of its BatchNorm layers, then every other parameter"
     biases = [m.bias for m in model.modules() if isinstance(m, bn_types) and m.bias is not None]
@@ -51,8 +51,8 @@ def bn_bias_splitter(model) -> list:
 
 class BNBiasLR(Callback):
     "Train the first parameter group (the BatchNorm biases of `bn_bias_splitter`) at `mult` times the learning rate of the last"
-    order = ParamScheduler.order+1 # after the schedulers have set this batch's rate
-    def __init__(self, mult): self.mult = mult
+    order,run_valid = ParamScheduler.order+1,False # after the schedulers have set this batch's rate; validation has no optimiser step
+    def __init__(self, mult): store_attr()
     def before_batch(self): self.opt.hypers[0]['lr'] = self.mult*self.opt.hypers[-1]['lr']
 
 # %% ../nbs/03_learner.ipynb #4d63b4b1

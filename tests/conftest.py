@@ -287,6 +287,7 @@ def bad_input_cases(d, p):
         'dropout_p_1.5':  (*T('--dropout_p', '1.5'), ['dropout_p', '1.5']),
         'ema_1':          (*T('--ema', '1'), ['ema', '1', '0.999']),
         'opt_lion':       (*T('--opt', 'lion'), ['lion', 'adam', 'sgd']),
+        'bn_bias_lr_mult_0': (*T('--bn_bias_lr_mult', '0'), ['bn_bias_lr_mult', '0']),
         'arch_train':     (*T('--arch', 'resnet9000'), ['resnet9000', 'tiny']),
         'arch_summary':   ('cifar_summary', ['--arch', 'resnet9000'], ['resnet9000', 'tiny']),
         'threads_0':      (*T('--threads', '0'), ['threads', '0', '--threads']),
