@@ -75,6 +75,7 @@ class CifarNet(nn.Sequential):
 ARCHS = {
     'default':    partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride', n_res=(2,1,1,1)),
     'deep':       partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride', n_res=(3,2,1,1)),
+    'wide':       partial(CifarNet, widths=(32,56,128,128), kinds=('conv','conv','sep_dilated','sep'), down='stride'),
     'base':       partial(CifarNet, widths=(16,32,64,128), kinds=('conv','conv','dilated','sep'), down='stride'),
     'dilated':    partial(CifarNet, widths=(16,32,64,128), kinds=('conv','sep','dilated','sep'), down='dilated', dilations=(4,4,4)),
     'small':      partial(CifarNet, widths=(16,32,48,96), kinds=('conv','sep','sep_dilated','sep'), down='stride'),
@@ -83,7 +84,7 @@ ARCHS = {
     'tiny_deep':  partial(CifarNet, widths=(16,24,32,44), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(1,2,1,1)),
     'tiny_sep':   partial(CifarNet, widths=(16,28,36,48), kinds=('sep','sep','sep_dilated','sep'), down='stride', n_res=(1,2,1,1)),
 }
-ARCH_BUDGETS = {'default': 200_000, 'deep': 200_000, 'base': 200_000, 'dilated': 200_000, 'small': 50_000, 'small_deep': 50_000, 'tiny': 20_000, 'tiny_deep': 20_000, 'tiny_sep': 20_000}
+ARCH_BUDGETS = {'default': 200_000, 'deep': 200_000, 'wide': 200_000, 'base': 200_000, 'dilated': 200_000, 'small': 50_000, 'small_deep': 50_000, 'tiny': 20_000, 'tiny_deep': 20_000, 'tiny_sep': 20_000}
 
 # %% ../nbs/02_model.ipynb #70e8b47e
 def count_params(model) -> int:

@@ -21,8 +21,7 @@ from cifar_fastai.train import train
 SCREENED_ARCHS = dict(
     c4w160 = partial(CifarNet, widths=(16,32,64,160), kinds=('conv','conv','dilated','sep'), down='stride'), # the first default
     w_sep = partial(CifarNet, widths=(16,48,96,160), kinds=('conv','conv','sep_dilated','sep'), down='stride', n_res=(2,1,2,1)),
-    all_sep = partial(CifarNet, widths=(16,48,96,144), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(2,2,2,2)),
-    wide = partial(CifarNet, widths=(32,56,128,128), kinds=('conv','conv','sep_dilated','sep'), down='stride', n_res=(1,1,1,1))) # twice the channels at 32x32, separable C3
+    all_sep = partial(CifarNet, widths=(16,48,96,144), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(2,2,2,2)))
 
 SHORT = dict(epochs=8, subset=0.2) # screening: 8 epochs on a stratified fifth of the training images, the whole test split
 OLD_RECIPE = dict(label_smoothing=0, wd=0.01) # fastai's defaults, before label smoothing 0.1 and weight decay 0.05 measured better
