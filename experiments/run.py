@@ -35,7 +35,7 @@ STUDIES = {
         'ls0.2': dict(epochs=15, label_smoothing=0.2), 'sgd': dict(epochs=15, opt='sgd', lr=0.1, wd=5e-3),
         'whiten': dict(epochs=15, whiten=True), 'deep': dict(arch='deep', epochs=15),
         'light': dict(epochs=15, dropout_p=0.1, label_smoothing=0), 'wide': dict(arch='wide', epochs=15),
-        'bnlr8': dict(epochs=15, bn_bias_lr_mult=8)},
+        'bnlr8': dict(epochs=15, bn_bias_lr_mult=8), 'wide-drop0.1': dict(arch='wide', epochs=15, dropout_p=0.1)},
     'independent-augs': { # the first runs after the three augmentations were made to draw independently
         'default-lrfind': dict(lr_find=True)},
     'baseline': { # the registered variants with tied augmentations (before commit d3cb96a)
