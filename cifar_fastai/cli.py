@@ -89,6 +89,7 @@ def cifar_train(
     opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)}, the latter SGD with Nesterov momentum: pass a higher --lr with it, e.g. 0.1 (default: {TRAIN_DEFAULTS['opt']})", str)=None,
     whiten:store_true=False, # start the first layer along the principal directions of the training images' 3x3 patches (patch whitening)
     bn_bias_lr_mult:Param(f"learning rate of the BatchNorm biases, as a multiple of the rest's (default: {TRAIN_DEFAULTS['bn_bias_lr_mult']})", float)=None,
+    mixup:float=None, # train on mixup blends of image pairs, their shares drawn from Beta(alpha, alpha) with this alpha, e.g. fastai's 0.4 (default: off)
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads (default: one per core; fewer can be faster beside the loader's processes)
     strict:store_true=False, # stop on unreadable images instead of skipping them
@@ -105,7 +106,7 @@ def cifar_train(
     with cli_errors(debug, out):
         set_threads(threads)
         m = train(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset, out=out, label_smoothing=label_smoothing,
-                  wd=wd, dropout_p=dropout_p, ema=ema, opt=opt, whiten=whiten or None, bn_bias_lr_mult=bn_bias_lr_mult, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
+                  wd=wd, dropout_p=dropout_p, ema=ema, opt=opt, whiten=whiten or None, bn_bias_lr_mult=bn_bias_lr_mult, mixup=mixup, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
                   teacher=teacher, temperature=temperature, teacher_weight=teacher_weight, lr_find=lr_find)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
         else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "
@@ -120,6 +121,7 @@ def cifar_lr_find(
     opt:Param(f"optimiser: {' or '.join(OPTIMIZERS)} (default: {TRAIN_DEFAULTS['opt']})", str)=None,
     whiten:store_true=False, # start the first layer by patch whitening, as cifar_train --whiten does
     bn_bias_lr_mult:float=None, # train the BatchNorm biases at this multiple of the learning rate, as cifar_train --bn_bias_lr_mult does
+    mixup:float=None, # look at the loss of mixup blends with this alpha, as cifar_train --mixup trains on
     subset:float=None, # use this stratified fraction of the training set
     seed:int=None, # random seed
     out:str=None, # folder for lr_find.png (default: runs/lr_find-TIME)
@@ -131,14 +133,14 @@ def cifar_lr_find(
         if (out/'lr_find.png').exists(): raise RunExists(f"{out}/lr_find.png exists: pass a new --out")
         if seed is not None: set_seed(seed, reproducible=True)
         check_settings(**{**TRAIN_DEFAULTS, 'arch':arch, 'bs':bs, 'opt':ifnone(opt, TRAIN_DEFAULTS['opt']),
-                          'bn_bias_lr_mult':ifnone(bn_bias_lr_mult, TRAIN_DEFAULTS['bn_bias_lr_mult'])})
+                          'bn_bias_lr_mult':ifnone(bn_bias_lr_mult, TRAIN_DEFAULTS['bn_bias_lr_mult']), 'mixup':mixup})
         learn = bars_only_on_terminal(cifar_learner(cifar_dls(get_cifar10(data), bs=bs, subset=subset, seed=seed), arch, opt=opt, whiten=whiten,
-                                                    bn_bias_lr_mult=bn_bias_lr_mult, path=out))
+                                                    bn_bias_lr_mult=bn_bias_lr_mult, mixup=mixup, path=out))
         out.mkdir(parents=True, exist_ok=True)
         valley,suggs = find_lr(learn, out)
         for k,v in suggs.items(): print(f"{k:>8}: {v:.2e}")
         print(f"plot saved to {out/'lr_find.png'}; train with: cifar_train --arch {arch}{f' --opt {opt}' if opt else ''}{' --whiten' if whiten else ''}"
-              f"{f' --bn_bias_lr_mult {bn_bias_lr_mult:g}' if bn_bias_lr_mult else ''} --lr {valley:.2e}")
+              f"{f' --bn_bias_lr_mult {bn_bias_lr_mult:g}' if bn_bias_lr_mult else ''}{f' --mixup {mixup:g}' if mixup else ''} --lr {valley:.2e}")
 
 # %% ../nbs/10_cli.ipynb #e2242e99
 @call_parse

@@ -16,14 +16,16 @@ __all__ = ['TRAIN_DEFAULTS', 'OPTIMIZERS', 'cifar_learner', 'nesterov_step', 'SG
 
 # %% ../nbs/03_learner.ipynb #5ba14e5b
 TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=5e-3, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
-                      dropout_p=0.5, ema=None, opt='adam', whiten=False, bn_bias_lr_mult=1., temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
+                      dropout_p=0.5, ema=None, opt='adam', whiten=False, bn_bias_lr_mult=1., mixup=None, temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
 
-def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, whiten=None, bn_bias_lr_mult=None, path='.', cbs=None, **kwargs) -> Learner:
-    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS`, the BatchNorm biases at `bn_bias_lr_mult` times the learning rate of the rest, in mixed precision on CUDA (settings left at `None` from `TRAIN_DEFAULTS`)"
+def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, whiten=None, bn_bias_lr_mult=None, mixup=None, path='.', cbs=None, **kwargs) -> Learner:
+    "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS`, the BatchNorm biases at `bn_bias_lr_mult` times the learning rate of the rest, training on fastai's `MixUp(mixup)` of image pairs if `mixup`, in mixed precision on CUDA (settings left at `None` from `TRAIN_DEFAULTS`)"
     model = get_model(ifnone(arch, TRAIN_DEFAULTS['arch']), n_out=len(dls.vocab))
     if ifnone(whiten, TRAIN_DEFAULTS['whiten']): whiten_init(model, plain_batch(dls))
     mult = ifnone(bn_bias_lr_mult, TRAIN_DEFAULTS['bn_bias_lr_mult'])
     if mult!=1: kwargs,cbs = dict(kwargs, splitter=bn_bias_splitter),[*L(cbs), BNBiasLR(mult)]
+    mixup = ifnone(mixup, TRAIN_DEFAULTS['mixup'])
+    if mixup: cbs = [*L(cbs), MixUp(mixup)]
     loss_func = CrossEntropyLossFlat(label_smoothing=ifnone(label_smoothing, TRAIN_DEFAULTS['label_smoothing']))
     learn = Learner(dls, model, opt_func=OPTIMIZERS[ifnone(opt, TRAIN_DEFAULTS['opt'])], loss_func=loss_func, metrics=accuracy,
                     wd=ifnone(wd, TRAIN_DEFAULTS['wd']), path=path, cbs=cbs, **kwargs)

@@ -88,7 +88,7 @@ def check_resume_settings(cfg, given):
     clash = [f"{k} {v} (the run's is {cfg.get(k, TRAIN_DEFAULTS[k])})" for k,v in given.items() if v!=cfg.get(k, TRAIN_DEFAULTS[k])]
     if clash: raise ValueError(f"a resumed run keeps the settings it started with, not {', '.join(clash)}: leave them out, or start a new run with --out")
 
-def check_settings(arch, epochs, lr, bs, subset, dropout_p, ema, opt, bn_bias_lr_mult, temperature, teacher_weight, **_):
+def check_settings(arch, epochs, lr, bs, subset, dropout_p, ema, opt, bn_bias_lr_mult, mixup, temperature, teacher_weight, **_):
     "Raise, saying what to pass instead, if a new run's settings cannot train"
     check_arch(arch)
     if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -99,6 +99,7 @@ def check_settings(arch, epochs, lr, bs, subset, dropout_p, ema, opt, bn_bias_lr
     if ema is not None and not 0 < ema < 1: raise ValueError(f"ema must be a decay in (0, 1), got {ema}: try 0.999")
     if opt not in OPTIMIZERS: raise ValueError(f"unknown opt {opt!r}: choose one of {', '.join(OPTIMIZERS)}")
     if not 0 < bn_bias_lr_mult < 1000: raise ValueError(f"bn_bias_lr_mult must be in (0, 1000), got {bn_bias_lr_mult}: 1 trains the BatchNorm biases at the learning rate of the rest")
+    if mixup is not None and not 0 < mixup <= 100: raise ValueError(f"mixup must be the alpha of its Beta distribution, in (0, 100], got {mixup}: try 0.4, or leave it out for no mixup")
     if not (temperature > 0 and 0 < teacher_weight <= 1):
         raise ValueError(f"temperature must be above 0 and teacher_weight in (0, 1], got {temperature} and {teacher_weight}")
 

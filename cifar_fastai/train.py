@@ -50,9 +50,9 @@ def run_dls(cfg, num_workers=None, strict=False) -> DataLoaders:
     return dls
 
 def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset=None, out='runs/default',
-          label_smoothing=None, wd=None, dropout_p=None, ema=None, opt=None, whiten=None, bn_bias_lr_mult=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
+          label_smoothing=None, wd=None, dropout_p=None, ema=None, opt=None, whiten=None, bn_bias_lr_mult=None, mixup=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
           teacher=None, temperature=None, teacher_weight=None, lr_find=False, verbose=True, progress=None) -> dict:
-    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, the LR from the LR finder if `lr_find`, learning from `teacher` too if given, ending with an average of the weights if `ema`); write the run folder `out`; return its metrics"
+    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, the LR from the LR finder if `lr_find`, learning from `teacher` too if given, on mixup blends if `mixup`, ending with an average of the weights if `ema`); write the run folder `out`; return its metrics"
     given = {k:v for k,v in locals().items() if k in TRAIN_DEFAULTS and v is not None}
     if lr_find and (lr is not None or resume is not None): raise ValueError("lr_find chooses the learning rate of a new run: leave out lr or lr_find, and lr_find when resuming")
     if resume is not None: out,cfg,state = resumed_run(resume, given, data, teacher)
@@ -63,7 +63,7 @@ def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset
     if state is None: cfg.update(data_summary(dls))
     distill = distill_from(cfg['teacher'], dls, cfg['temperature'], cfg['teacher_weight']) if cfg.get('teacher') else None
     learn = cifar_learner(dls, cfg['arch'], label_smoothing=cfg['label_smoothing'], wd=cfg['wd'], opt=cfg.get('opt'), whiten=cfg.get('whiten'),
-                          bn_bias_lr_mult=cfg.get('bn_bias_lr_mult'), path=out)
+                          bn_bias_lr_mult=cfg.get('bn_bias_lr_mult'), mixup=cfg.get('mixup'), path=out)
     learn.logger = noop # `RunLogger` prints one line per epoch instead of fastai's table
     bars_only_on_terminal(learn, progress)
     if lr_find:

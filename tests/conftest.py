@@ -213,14 +213,14 @@ def _stop_then_resume(cli, data, out, num_workers, *more):
 
 @pytest.fixture(scope='session')
 def repeat_jobs(cli, fake_data, session_dir) -> dict:
-    "Uninterrupted runs (twice with num_workers 0, once with 2) and stop/resume runs (num_workers 0 and 2), same seed and LR; those with 2 workers start whitened and train the BatchNorm biases at 4 times the LR"
+    "Uninterrupted runs (twice with num_workers 0, once with 2) and stop/resume runs (num_workers 0 and 2), same seed and LR; those with 2 workers start whitened, train the BatchNorm biases at 4 times the LR and on mixup blends"
     d = session_dir/'repeat'
     return dict(
         full0=cli.submit('cifar_train', *train_args(fake_data, d/'full0', 3)),
         full0b=cli.submit('cifar_train', *train_args(fake_data, d/'full0b', 3)),
         resumed0=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed0', 0),
-        full2=cli.submit('cifar_train', *train_args(fake_data, d/'full2', 3, '--whiten', '--bn_bias_lr_mult', '4', num_workers=2)),
-        resumed2=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed2', 2, '--whiten', '--bn_bias_lr_mult', '4'),
+        full2=cli.submit('cifar_train', *train_args(fake_data, d/'full2', 3, '--whiten', '--bn_bias_lr_mult', '4', '--mixup', '0.4', num_workers=2)),
+        resumed2=cli.submit_fn(_stop_then_resume, cli, fake_data, d/'resumed2', 2, '--whiten', '--bn_bias_lr_mult', '4', '--mixup', '0.4'),
     )
 
 # ---- bad input (B): built up front, run on the pool
@@ -289,6 +289,7 @@ def bad_input_cases(d, p):
         'ema_1':          (*T('--ema', '1'), ['ema', '1', '0.999']),
         'opt_lion':       (*T('--opt', 'lion'), ['lion', 'adam', 'sgd']),
         'bn_bias_lr_mult_0': (*T('--bn_bias_lr_mult', '0'), ['bn_bias_lr_mult', '0']),
+        'mixup_0':        (*T('--mixup', '0'), ['mixup', '0', '0.4']),
         'arch_train':     (*T('--arch', 'resnet9000'), ['resnet9000', 'tiny']),
         'arch_summary':   ('cifar_summary', ['--arch', 'resnet9000'], ['resnet9000', 'tiny']),
         'threads_0':      (*T('--threads', '0'), ['threads', '0', '--threads']),

@@ -196,8 +196,8 @@ def _options(tool):
 
 # the options each tool has today (a floor: the signature may add more)
 KNOWN_OPTIONS = dict(
-    cifar_train='data arch epochs lr lr_find bs seed subset out label_smoothing wd dropout_p ema opt whiten bn_bias_lr_mult num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
-    cifar_lr_find='data arch bs opt whiten bn_bias_lr_mult subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model tta shift top_k csv json_out bs debug',
+    cifar_train='data arch epochs lr lr_find bs seed subset out label_smoothing wd dropout_p ema opt whiten bn_bias_lr_mult mixup num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
+    cifar_lr_find='data arch bs opt whiten bn_bias_lr_mult mixup subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model tta shift top_k csv json_out bs debug',
     cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers threads json_out debug')
 
 @pytest.mark.parametrize('tool', TOOLS)

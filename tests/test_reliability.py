@@ -116,12 +116,12 @@ def test_resume_matches_uninterrupted(repeat_jobs):
     _compare_resumed(repeat_jobs['resumed0'].result(), full, 0)
 
 def test_resume_matches_uninterrupted_workers(repeat_jobs):
-    "The same with --num_workers 2, --whiten and --bn_bias_lr_mult 4 (compared with an uninterrupted run that also uses them): the resume, without the last two, keeps the run's whitened start and biases' rate"
+    "The same with --num_workers 2, --whiten, --bn_bias_lr_mult 4 and --mixup 0.4 (compared with an uninterrupted run that also uses them): the resume, without the last three, keeps the run's whitened start, biases' rate and mixup"
     full = repeat_jobs['full2'].result().ok()
     s = repeat_jobs['resumed2'].result()
     _compare_resumed(s, full, 2)
     m = json.loads((s['out']/'metrics.json').read_text())
-    assert (m['whiten'],m['bn_bias_lr_mult']) == (True,4)
+    assert (m['whiten'],m['bn_bias_lr_mult'],m['mixup']) == (True,4,0.4)
 
 GPU_CHECKPOINT = Path(__file__).parent/'fixtures'/'gpu-checkpoint'
 

@@ -72,10 +72,10 @@ def _driver():
     return module
 
 def _settings(run):
-    "The settings a run recorded, in today's terms: `None` weight decay was fastai's 0.01, and runs before `dropout_p` used 0.5, before `ema` had none, before `opt` used Adam, before `whiten` started from a random first layer, and before `bn_bias_lr_mult` trained the BatchNorm biases at the LR of the rest"
+    "The settings a run recorded, in today's terms: `None` weight decay was fastai's 0.01, and runs before `dropout_p` used 0.5, before `ema` had none, before `opt` used Adam, before `whiten` started from a random first layer, before `bn_bias_lr_mult` trained the BatchNorm biases at the LR of the rest, and before `mixup` trained on whole images"
     r = json.loads(((run/'run.json') if (run/'run.json').exists() else (run/'metrics.json')).read_text())
     return dict(epochs=r['epochs'], bs=r['bs'], subset=r['subset'], label_smoothing=r['label_smoothing'], wd=ifnone(r['wd'], 0.01),
-                dropout_p=r.get('dropout_p', 0.5), ema=r.get('ema'), opt=r.get('opt', 'adam'), whiten=r.get('whiten', False), bn_bias_lr_mult=r.get('bn_bias_lr_mult', 1), lr=r['lr'], teacher=bool(r.get('teacher')), seed=r['seed'])
+                dropout_p=r.get('dropout_p', 0.5), ema=r.get('ema'), opt=r.get('opt', 'adam'), whiten=r.get('whiten', False), bn_bias_lr_mult=r.get('bn_bias_lr_mult', 1), mixup=r.get('mixup'), lr=r['lr'], teacher=bool(r.get('teacher')), seed=r['seed'])
 
 @pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
 def test_run_is_a_driver_variant(run):
@@ -89,7 +89,7 @@ def test_run_is_a_driver_variant(run):
     assert ex.run_folder(study, variant, seed) == Path('results')/rel
     kw = {**TRAIN_DEFAULTS, **ex.variant_settings(study, variant)}
     want = dict(epochs=kw['epochs'], bs=kw['bs'], subset=kw['subset'], label_smoothing=kw['label_smoothing'], wd=kw['wd'],
-                dropout_p=kw['dropout_p'], ema=kw['ema'], opt=kw['opt'], whiten=kw['whiten'], bn_bias_lr_mult=kw['bn_bias_lr_mult'], lr=kw['lr'], teacher=bool(kw.get('teacher')), seed=seed)
+                dropout_p=kw['dropout_p'], ema=kw['ema'], opt=kw['opt'], whiten=kw['whiten'], bn_bias_lr_mult=kw['bn_bias_lr_mult'], mixup=kw['mixup'], lr=kw['lr'], teacher=bool(kw.get('teacher')), seed=seed)
     got = _settings(run)
     if kw.get('lr_find'): want['lr'] = got['lr'] # the finder chose it
     assert got == want
