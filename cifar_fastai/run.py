@@ -100,6 +100,7 @@ def check_settings(arch, epochs, lr, bs, subset, dropout_p, ema, opt, bn_bias_lr
     if opt not in OPTIMIZERS: raise ValueError(f"unknown opt {opt!r}: choose one of {', '.join(OPTIMIZERS)}")
     if not 0 < bn_bias_lr_mult < 1000: raise ValueError(f"bn_bias_lr_mult must be in (0, 1000), got {bn_bias_lr_mult}: 1 trains the BatchNorm biases at the learning rate of the rest")
     if mixup is not None and not 0 < mixup <= 100: raise ValueError(f"mixup must be the alpha of its Beta distribution, in (0, 100], got {mixup}: try 0.4, or leave it out for no mixup")
+    if mixup and bs < 2: raise ValueError(f"mixup blends images of a batch: pass --bs 2 or more, got {bs}")
     if not (temperature > 0 and 0 < teacher_weight <= 1):
         raise ValueError(f"temperature must be above 0 and teacher_weight in (0, 1], got {temperature} and {teacher_weight}")
 

@@ -290,6 +290,7 @@ def bad_input_cases(d, p):
         'opt_lion':       (*T('--opt', 'lion'), ['lion', 'adam', 'sgd']),
         'bn_bias_lr_mult_0': (*T('--bn_bias_lr_mult', '0'), ['bn_bias_lr_mult', '0']),
         'mixup_0':        (*T('--mixup', '0'), ['mixup', '0', '0.4']),
+        'mixup_bs_1':     (*T('--mixup', '0.4', '--bs', '1'), ['mixup', '--bs', '1']),
         'arch_train':     (*T('--arch', 'resnet9000'), ['resnet9000', 'tiny']),
         'arch_summary':   ('cifar_summary', ['--arch', 'resnet9000'], ['resnet9000', 'tiny']),
         'threads_0':      (*T('--threads', '0'), ['threads', '0', '--threads']),
