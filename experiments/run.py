@@ -29,7 +29,7 @@ TEACHER = 'results/baseline/default-s0/model.safetensors' # `default` with tied 
 
 STUDIES = {
     'headline': { # the README's rows; `default` is `cifar_train` with no options
-        'default': {}, 'fast15': dict(arch='wide', epochs=15, dropout_p=0.1)}, # fast15: screen15's wide-drop0.1
+        'default': {}},
     'screen15': { # levers for 85% in 15 epochs, each against `default` at the same budget, two seeds
         'default': dict(epochs=15), 'drop0.1': dict(epochs=15, dropout_p=0.1), 'ema': dict(epochs=15, ema=0.999),
         'ls0.2': dict(epochs=15, label_smoothing=0.2), 'sgd': dict(epochs=15, opt='sgd', lr=0.1, wd=5e-3),
