@@ -26,6 +26,7 @@ SCREENED_ARCHS = dict(
 SHORT = dict(epochs=8, subset=0.2) # screening: 8 epochs on a stratified fifth of the training images, the whole test split
 OLD_RECIPE = dict(label_smoothing=0, wd=0.01) # fastai's defaults, before label smoothing 0.1 and weight decay 0.05 measured better
 TEACHER = 'results/baseline/default-s0/model.safetensors' # `default` with tied augmentations, 85.08%
+WIDE_TEACHER = 'results/candidates/wide-40ep-s0/model.safetensors' # `wide` over 40 epochs, 86.84%
 
 STUDIES = {
     'headline': { # the README's rows; `default` is `cifar_train` with no options
@@ -35,7 +36,8 @@ STUDIES = {
         'ls0.2': dict(epochs=15, label_smoothing=0.2), 'sgd': dict(epochs=15, opt='sgd', lr=0.1, wd=5e-3),
         'whiten': dict(epochs=15, whiten=True), 'deep': dict(arch='deep', epochs=15),
         'light': dict(epochs=15, dropout_p=0.1, label_smoothing=0), 'wide': dict(arch='wide', epochs=15),
-        'bnlr8': dict(epochs=15, bn_bias_lr_mult=8), 'wide-drop0.1': dict(arch='wide', epochs=15, dropout_p=0.1)},
+        'bnlr8': dict(epochs=15, bn_bias_lr_mult=8), 'wide-drop0.1': dict(arch='wide', epochs=15, dropout_p=0.1),
+        'wide-drop0.1-kd': dict(arch='wide', epochs=15, dropout_p=0.1, teacher=WIDE_TEACHER)},
     'independent-augs': { # the first runs after the three augmentations were made to draw independently
         'default-lrfind': dict(lr_find=True)},
     'baseline': { # the registered variants with tied augmentations (before commit d3cb96a)
