@@ -4,12 +4,13 @@
 
 # %% ../nbs/06_distill.ipynb #47a6154d
 from __future__ import annotations
+import json
 from fastai.vision.all import *
 from .data import DataError
 from .inference import load_model
 
 # %% auto #0
-__all__ = ['distill_loss', 'Distill', 'distill_from']
+__all__ = ['distill_loss', 'Distill', 'distill_from', 'teacher_seconds']
 
 # %% ../nbs/06_distill.ipynb #1333010f
 def distill_loss(pred, teacher_pred, T=4.) -> Tensor:
@@ -37,3 +38,11 @@ def distill_from(teacher, dls, T=4., teacher_weight=0.9) -> Distill:
     net,vocab,stats = load_model(teacher, option='--teacher')
     if vocab!=list(dls.vocab): raise DataError(f"{teacher} was trained on other classes ({', '.join(vocab)}): pass --teacher a run on this data's classes")
     return Distill(net, stats, T, teacher_weight)
+
+# %% ../nbs/06_distill.ipynb #f1c6f07f
+def teacher_seconds(teacher) -> float|None:
+    "The training time of the run whose model file is `teacher`, its own teacher's included, from the `metrics.json` beside it (`None` if there is none)"
+    f = Path(teacher).parent/'metrics.json'
+    if not f.exists(): return None
+    m = json.loads(f.read_text())
+    return m['seconds'] + (m.get('teacher_seconds') or 0)

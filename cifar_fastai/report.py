@@ -79,6 +79,11 @@ def _span(xs) -> str:
     if not xs: return ''
     return _pct(xs[0]) if len(xs)==1 else f'{_pct(min(xs))}-{_pct(max(xs))}'
 
+def _minutes(ms) -> str:
+    "The mean training minutes of the runs with metrics `ms`, and their teachers' beside them where they learnt from one"
+    own,taught = np.mean([m['seconds'] for m in ms])/60,[m['teacher_seconds'] for m in ms if m.get('teacher_seconds')]
+    return f'{own:.0f}' if not taught else f'{own:.0f} + {np.mean(taught)/60:.0f} (teacher)'
+
 def headline_row(goal, variant, target, path='results') -> dict:
     "How `variant`'s seeds under `path` stand against `goal`: size, plain and mirror+shift TTA test accuracy, seeds reaching `target`, time, hardware"
     runs = seed_runs(variant, path)
@@ -88,7 +93,7 @@ def headline_row(goal, variant, target, path='results') -> dict:
     return {'goal': goal, 'run': f'[{variant}]({runs[0].as_posix()})', 'params': f"{ms[0]['params']:,}", 'epochs': ms[0]['epochs'],
             'seeds': len(runs), 'test acc': _span(acc), 'with mirror+shift TTA': _span(tta),
             'seeds reaching it': f'{reached(acc)} ({reached(tta)} with TTA)',
-            'minutes per run': f"{np.mean([m['seconds'] for m in ms])/60:.0f}", 'hardware': short_device(ms[0]['device'])}
+            'minutes per run': _minutes(ms), 'hardware': short_device(ms[0]['device'])}
 
 # %% ../nbs/09_report.ipynb #df66cbc3
 def ablation_table(steps, path='results') -> pd.DataFrame:

@@ -39,7 +39,8 @@ def new_run(given, data=None, out='runs/default', force=False, teacher=None) -> 
     path = get_cifar10(data)
     out = check_out_dir(out, force)
     for f in RUN_FILES: (out/f).unlink(missing_ok=True)
-    return out,dict(data=str(path), **settings, teacher=None if teacher is None else str(teacher), argv=sys.argv, **git_state())
+    return out,dict(data=str(path), **settings, teacher=None if teacher is None else str(teacher),
+                    teacher_seconds=None if teacher is None else teacher_seconds(teacher), argv=sys.argv, **git_state())
 
 def run_dls(cfg, num_workers=None, strict=False) -> DataLoaders:
     "The `DataLoaders` of the run with settings `cfg`, refusing data other than the run started on"

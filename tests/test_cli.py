@@ -223,11 +223,12 @@ def test_train_threads(relative_out_job):
     if device.startswith('CPU'): assert device.endswith(', 1 thread'), device
 
 def test_train_with_teacher(student_job, repeat_jobs):
-    "--teacher: the run names its teacher in metrics.json and ends elsewhere than the same run without one (`full0`)"
+    "--teacher: the run names its teacher and the teacher's training time in metrics.json, and ends elsewhere than the same run without one (`full0`)"
     job,out,teacher = student_job
     job.result().ok()
     m = json.loads((out/'metrics.json').read_text())
     assert (m['teacher'],m['temperature'],m['teacher_weight']) == (str(teacher),4.,0.9), m
+    assert m['teacher_seconds'] == json.loads((teacher.parent/'metrics.json').read_text())['seconds'], m
     plain = repeat_jobs['full0'].result().ok()
     h,h0 = read_history(out),read_history(Path(plain.args[plain.args.index('--out')+1]))
     assert list(h.epoch)==list(h0.epoch)==[1, 2, 3]
