@@ -41,8 +41,7 @@ def distill_from(teacher, dls, T=4., teacher_weight=0.9) -> Distill:
 
 # %% ../nbs/06_distill.ipynb #f1c6f07f
 def teacher_seconds(teacher) -> float|None:
-    "The training time of the run whose model file is `teacher`, its own teacher's included, from the `metrics.json` beside it (`None` if there is none)"
+    "The training time of the run whose model file is `teacher`, its own teacher's included, from the `metrics.json` beside it (`None` if unknown)"
     f = Path(teacher).parent/'metrics.json'
-    if not f.exists(): return None
-    m = json.loads(f.read_text())
-    return m['seconds'] + (m.get('teacher_seconds') or 0)
+    m = json.loads(f.read_text()) if f.exists() else {}
+    return m['seconds'] + (m.get('teacher_seconds') or 0) if 'seconds' in m else None

@@ -80,9 +80,11 @@ def _span(xs) -> str:
     return _pct(xs[0]) if len(xs)==1 else f'{_pct(min(xs))}-{_pct(max(xs))}'
 
 def _minutes(ms) -> str:
-    "The mean training minutes of the runs with metrics `ms`, and their teachers' beside them where they learnt from one"
-    own,taught = np.mean([m['seconds'] for m in ms])/60,[m['teacher_seconds'] for m in ms if m.get('teacher_seconds')]
-    return f'{own:.0f}' if not taught else f'{own:.0f} + {np.mean(taught)/60:.0f} (teacher)'
+    "The mean training minutes of the runs with metrics `ms`, and their teachers' where they learnt from one ('?' if not recorded)"
+    own = f"{np.mean([m['seconds'] for m in ms])/60:.0f}"
+    if not any(m.get('teacher') for m in ms): return own
+    taught = [m.get('teacher_seconds') for m in ms]
+    return f"{own} + {'?' if None in taught else f'{np.mean(taught)/60:.0f}'} (teacher)"
 
 def headline_row(goal, variant, target, path='results') -> dict:
     "How `variant`'s seeds under `path` stand against `goal`: size, plain and mirror+shift TTA test accuracy, seeds reaching `target`, time, hardware"
