@@ -85,7 +85,7 @@ def main(
     study:Param("a study of `STUDIES`", str, opt=False, nargs='?')=None,
     variant:Param("one of its variants", str, opt=False, nargs='?')=None,
     seed:int=0, # random seed
-    stop_after:int=None, # stop after this many epochs; the same command continues the run
+    stop_after:int=None, # stop after this epoch of the schedule; the command with a later one, or none, continues the run
     num_workers:int=None, # data loader processes (default: one per core, up to 8)
     threads:int=None, # PyTorch's CPU threads
     studies:store_true=False, # print every study and variant, with its settings
@@ -108,7 +108,7 @@ def main(
         else: m = train(data, seed=seed, out=out, stop_after=stop_after, num_workers=num_workers, progress=False, **settings)
     except KeyboardInterrupt:
         sys.exit(f"{out}: interrupted; " + (again if (out/'checkpoint.pth').exists() else "no epoch was saved"))
-    if not (out/'metrics.json').exists(): sys.exit(f"{out}: stopped after epoch {m['stopped_after']}; {again}")
+    if not (out/'metrics.json').exists(): sys.exit(f"{out}: stopped after epoch {m['stopped_after']}; {again}, with a later --stop_after or none")
     evaluate_run(out, data)
     if study!='headline': # model.safetensors is enough, and results/ stays small: model.pkl and top_losses.png only in headline runs
         for f in ('model.pkl', 'top_losses.png'): (out/f).unlink(missing_ok=True)
