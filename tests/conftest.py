@@ -152,12 +152,14 @@ def cli(cli_env, session_dir):
     c.pool.shutdown(wait=True, cancel_futures=True)
 
 @pytest.fixture(scope='session')
-def fake_data(session_dir) -> Path:
-    "200 training and 100 test images, 32x32, in fastai's CIFAR layout; its statistics computed up front (so that the "
-    "runs sharing it do not all write its cache file at once)"
+def fake_data(session_dir, cli_env) -> Path:
+    "200 training and 100 test images, 32x32, in fastai's CIFAR layout; its statistics and decoded images cached up "
+    "front, in the tools' cache folder rather than the user's (so that the runs sharing it do not all write them at once)"
     from cifar_fastai.data import make_fake_cifar, dataset_stats
     d = make_fake_cifar(session_dir/'fake', n_train=20, n_test=10)
-    dataset_stats(d)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('CIFAR_FASTAI_CACHE', cli_env['CIFAR_FASTAI_CACHE'])
+        dataset_stats(d)
     return d
 
 def train_args(data, out, epochs, *more, lr='0.01', num_workers=0):
