@@ -153,8 +153,8 @@ def cli(cli_env, session_dir):
 
 @pytest.fixture(scope='session')
 def fake_data(session_dir, cli_env) -> Path:
-    "200 training and 100 test images, 32x32, in fastai's CIFAR layout; its statistics and decoded images cached up "
-    "front, in the tools' cache folder rather than the user's (so that the runs sharing it do not all write them at once)"
+    "200 training and 100 test images, 32x32, in fastai's CIFAR layout; its statistics (beside it) and decoded images (in "
+    "the tools' cache folder, not the user's) computed up front, so that the runs sharing it do not all write them at once"
     from cifar_fastai.data import make_fake_cifar, dataset_stats
     d = make_fake_cifar(session_dir/'fake', n_train=20, n_test=10)
     with pytest.MonkeyPatch.context() as mp:
