@@ -63,7 +63,7 @@ STUDIES = {
         'tiny_sep-150ep': dict(arch='tiny_sep', epochs=150), 'tiny_sep-150ep-drop0.1': dict(arch='tiny_sep', epochs=150, dropout_p=0.1),
         'tiny_sep-150ep-drop0.1-kd': dict(arch='tiny_sep', epochs=150, dropout_p=0.1, teacher=TEACHER),
         'wide-40ep': dict(arch='wide'), # `wide`, kept by screen15, over the default's 40 epochs
-        'small_deep-40ep-kd': dict(arch='small_deep', epochs=40, dropout_p=0.1, teacher=WIDE_TEACHER)}, # the first headline under50k, before it trained 60 epochs
+        'small_deep-40ep-drop0.1-kd-wide': dict(arch='small_deep', epochs=40, dropout_p=0.1, teacher=WIDE_TEACHER)}, # the first headline under50k, taught by wide, before it trained 60 epochs
 }
 
 def run_folder(study, variant, seed, results='results') -> Path:
