@@ -32,7 +32,8 @@ STUDIES = {
     'headline': { # the README's rows; `default` is `cifar_train` with no options
         'default': {},
         'fast15': dict(arch='wide', epochs=15, dropout_p=0.1, teacher=WIDE_TEACHER), # screen15's wide-drop0.1, taught by wide over 40 epochs
-        'under50k': dict(arch='small_deep', epochs=60, dropout_p=0.1, teacher=WIDE_TEACHER)}, # small_deep over 60 epochs, the hole in one image in ten, taught by wide over 40 epochs
+        'under50k': dict(arch='small_deep', epochs=60, dropout_p=0.1, teacher=WIDE_TEACHER), # small_deep over 60 epochs, the hole in one image in ten, taught by wide over 40 epochs
+        'under20k': dict(arch='tiny_sep', epochs=150, dropout_p=0.1, teacher=WIDE_TEACHER)}, # candidates' tiny_sep-150ep-drop0.1-kd, taught by wide over 40 epochs instead of default
     'screen15': { # levers for 85% in 15 epochs, each against `default` at the same budget, two seeds
         'default': dict(epochs=15), 'drop0.1': dict(epochs=15, dropout_p=0.1), 'ema': dict(epochs=15, ema=0.999),
         'ls0.2': dict(epochs=15, label_smoothing=0.2), 'sgd': dict(epochs=15, opt='sgd', lr=0.1, wd=5e-3),
