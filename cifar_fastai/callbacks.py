@@ -33,9 +33,9 @@ def run_devices(history) -> str:
 
 # %% ../nbs/04_callbacks.ipynb #df1f778b
 class RunLogger(Callback):
-    "Record per-epoch train/test loss and accuracy, time and device, print them, and write them to `fname` in the run folder"
+    "Record per-epoch loss and accuracy on the training split and on the `split` the run is scored on, time and device, print them, and write them to `fname` in the run folder"
     order = 65 # after `Recorder` (50) has the validation results
-    def __init__(self, fname='history.csv', history=None, start_epoch=0, verbose=True):
+    def __init__(self, fname='history.csv', history=None, start_epoch=0, verbose=True, split='test'):
         store_attr()
         self.history = L(history)
     def before_fit(self): self.device = device_name(self.dls.device)
@@ -48,14 +48,15 @@ class RunLogger(Callback):
         self.n += bs
     def after_epoch(self):
         if self.epoch < self.start_epoch or not self.n: return # a skipped (already done) or cancelled epoch
-        test_loss,test_acc = self.recorder.values[-1][1:3]
+        loss,acc = self.recorder.values[-1][1:3]
+        s = self.split
         row = dict(epoch=self.epoch+1, train_loss=self.losses/self.n, train_accuracy=self.correct/self.n,
-                   test_loss=test_loss, test_accuracy=test_acc, lr=self.opt.hypers[-1]['lr'], seconds=time.time()-self.t0,
+                   **{f'{s}_loss':loss, f'{s}_accuracy':acc}, lr=self.opt.hypers[-1]['lr'], seconds=time.time()-self.t0,
                    device=self.device)
         self.history.append(row)
         if self.verbose:
             print(f"Epoch {row['epoch']}: train loss {row['train_loss']:.4f}, train accuracy {100*row['train_accuracy']:.2f}%, "
-                  f"test loss {row['test_loss']:.4f}, test accuracy {100*row['test_accuracy']:.2f}% ({row['seconds']:.0f}s)", flush=True)
+                  f"{s} loss {loss:.4f}, {s} accuracy {100*acc:.2f}% ({row['seconds']:.0f}s)", flush=True)
         if self.fname: save_atomic(self.path/self.fname, lambda f: pd.DataFrame(list(self.history)).to_csv(f, index=False))
 
 # %% ../nbs/04_callbacks.ipynb #b560f639
@@ -99,7 +100,7 @@ class StopOnNaN(TerminateOnNaNCallback):
         raise CancelFitException
     def after_batch(self):
         try: super().after_batch()
-        except CancelFitException: self._stop(f"the {'training' if self.training else 'test'} loss became {self.loss.item()} in batch {self.iter+1}")
+        except CancelFitException: self._stop(f"the {'training' if self.training else 'validation'} loss became {self.loss.item()} in batch {self.iter+1}")
     def after_epoch(self):
         bad = [k for k,v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad: self._stop(f"the model's {bad[0]} became non-finite")
@@ -114,8 +115,8 @@ class StopAfter(Callback):
 
 # %% ../nbs/04_callbacks.ipynb #1f75930c
 class EMA(Callback):
-    "Keep an exponential moving average of the weights (`decay` per step), test with it each epoch and leave it in the model after fitting"
-    order = 60 # before `RunLogger` (65) and `Checkpoint` (66); it acts around the test, not on its results
+    "Keep an exponential moving average of the weights (`decay` per step), score the validation split with it each epoch and leave it in the model after fitting"
+    order = 60 # before `RunLogger` (65) and `Checkpoint` (66); it acts around the validation, not on its results
     def __init__(self, decay=0.999, state=None): store_attr(); self.averaged = None
     def before_fit(self):
         self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)

@@ -10,7 +10,7 @@ from datetime import datetime
 from fastai.vision.all import *
 from fastcore.script import call_parse, Param, store_true # after fastai's star import, which has a `Param` of its own
 from .augment import cifar_augs
-from .data import DataError, cifar_dls, dataset_stats, decode_image, decoded_images, get_cifar10, save_atomic
+from .data import DataError, cifar_dls, dataset_stats, decode_image, decoded_images, get_cifar10, held_out_name, save_atomic
 from .model import ARCHS, check_arch, compare_archs, get_model, model_summary, receptive_field
 from .learner import OPTIMIZERS, TRAIN_DEFAULTS, bars_only_on_terminal, cifar_learner, find_lr
 from .callbacks import TrainingDiverged, device_name
@@ -81,6 +81,7 @@ def cifar_train(
     bs:Param(f"batch size (default: {TRAIN_DEFAULTS['bs']})", int)=None,
     seed:int=None, # random seed, for repeatable runs
     subset:float=None, # train on this stratified fraction of the training set (the test set stays whole)
+    valid_pct:float=None, # score each epoch on this stratified fraction of the training images, held out, instead of the test images (for screening: the same images for every run; not with --subset)
     out:str=None, # run folder for the results (default: runs/ARCH-TIME); never overwritten without --force
     label_smoothing:Param(f"label smoothing of the cross-entropy loss (default: {TRAIN_DEFAULTS['label_smoothing']})", float)=None,
     wd:Param(f"weight decay (default: {TRAIN_DEFAULTS['wd']}; fastai's is 0.01)", float)=None,
@@ -105,12 +106,14 @@ def cifar_train(
     out = resume or out or default_out(arch or TRAIN_DEFAULTS['arch'])
     with cli_errors(debug, out):
         set_threads(threads)
-        m = train(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset, out=out, label_smoothing=label_smoothing,
+        m = train(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed, subset=subset, valid_pct=valid_pct, out=out, label_smoothing=label_smoothing,
                   wd=wd, dropout_p=dropout_p, ema=ema, opt=opt, whiten=whiten or None, bn_bias_lr_mult=bn_bias_lr_mult, mixup=mixup, num_workers=num_workers, strict=strict, force=force, resume=resume, stop_after=stop_after,
                   teacher=teacher, temperature=temperature, teacher_weight=teacher_weight, lr_find=lr_find)
         if 'stopped_after' in m: print(f"stopped after epoch {m['stopped_after']}: continue with: cifar_train --resume {out}")
-        else: print(f"test accuracy {100*m['test_accuracy']:.2f}% (best {100*m['best_test_accuracy']:.2f}%), "
-                    f"{m['params']:,} params, {m['seconds']:.0f}s; results in {out}")
+        else:
+            s = held_out_name(m.get('valid_pct'))
+            print(f"{s} accuracy {100*m[f'{s}_accuracy']:.2f}% (best {100*m[f'best_{s}_accuracy']:.2f}%), "
+                  f"{m['params']:,} params, {m['seconds']:.0f}s; results in {out}")
 
 # %% ../nbs/10_cli.ipynb #a9344fef
 @call_parse

@@ -11,10 +11,11 @@ from fastai.vision.all import *
 from .augment import AlbumentationsTransform, cifar_augs
 
 # %% auto #0
-__all__ = ['CIFAR_CLASSES', 'CIFAR_STATS', 'DataError', 'make_fake_cifar', 'check_layout', 'cache_dir', 'file_hash',
+__all__ = ['CIFAR_CLASSES', 'CIFAR_STATS', 'VALID_SEED', 'DataError', 'make_fake_cifar', 'check_layout', 'cache_dir', 'file_hash',
            'extract_archive', 'get_cifar10', 'save_atomic', 'image_files', 'content_key', 'decode_image',
            'decode_images', 'decoded_images', 'CachedImage', 'collate_images', 'FolderLabel', 'dataset_stats',
-           'cifar_items', 'default_num_workers', 'cifar_datasets', 'cifar_dls', 'inference_dls', 'plain_batch']
+           'cifar_items', 'held_out_name', 'check_valid_pct', 'cifar_splits', 'default_num_workers', 'cifar_datasets',
+           'cifar_dls', 'inference_dls', 'plain_batch']
 
 # %% ../nbs/00_data.ipynb #38fa0c3a
 class DataError(ValueError):
@@ -271,6 +272,29 @@ def cifar_items(path, subset=None, seed=None) -> L:
         train = L(o for k in sorted(groups) for o in rng.sample(groups[k], max(1, round(subset*len(groups[k])))))
     return train + test
 
+# %% ../nbs/00_data.ipynb #ab549e17
+VALID_SEED = 0 # which training images `valid_pct` holds out: the same ones for every run
+
+def held_out_name(valid_pct=None) -> str:
+    "The name of the split a run is scored on: 'valid' if it holds out `valid_pct` of the training images, else 'test'"
+    return 'test' if valid_pct is None else 'valid'
+
+def check_valid_pct(valid_pct, subset=None):
+    "Raise a `DataError` unless `valid_pct` is `None`, or a fraction in (0, 1) without a `subset` (which would change the images held out)"
+    if valid_pct is None: return
+    if not 0 < valid_pct < 1: raise DataError(f"valid_pct must be a fraction in (0, 1), got {valid_pct}: try 0.1")
+    if subset is not None: raise DataError(f"valid_pct holds out the same images for every run, which a subset would change: leave out subset or valid_pct")
+
+def cifar_splits(items, valid_pct=None) -> tuple:
+    "Indices of `items` to train on and to score on: the training and the test images, or, with `valid_pct`, the training images with that fraction held out (stratified)"
+    check_valid_pct(valid_pct)
+    train,test = GrandparentSplitter(train_name='train', valid_name='test')(items)
+    if valid_pct is None: return train,test
+    train = L(sorted(train, key=lambda i: items[i])) # in file order, so that any copy of the data holds out the same files
+    try: keep,held = TrainTestSplitter(valid_pct, random_state=VALID_SEED, stratify=train.map(lambda i: parent_label(items[i])))(train)
+    except ValueError: raise DataError(f"valid_pct {valid_pct} must leave at least one image of each class on both sides of the {len(train)} training images: pass a larger or smaller valid_pct") from None
+    return train[keep],train[held]
+
 # %% ../nbs/00_data.ipynb #18a7a667
 def default_num_workers() -> int:
     "Loader processes: one per core up to 8 on Linux, none elsewhere (where workers start slowly)"
@@ -282,14 +306,15 @@ def cifar_datasets(items, vocab, fns=(), images=None, splits=None) -> Datasets:
     return Datasets(items, tfms=[[CachedImage(fns, images)], [FolderLabel(vocab)]], splits=splits)
 
 def cifar_dls(path, bs=128, subset=None, seed=None, num_workers=None, aug=True, dropout_p=0.5, item_tfms=None, batch_tfms=None,
-              stats=None, strict=False, device=None, **kwargs) -> DataLoaders:
-    "`DataLoaders` for CIFAR-10 in fastai's layout under `path`, augmented (training split only; CoarseDropout with probability `dropout_p`) unless `aug=False`"
+              stats=None, strict=False, device=None, valid_pct=None, **kwargs) -> DataLoaders:
+    "`DataLoaders` for CIFAR-10 in fastai's layout under `path`, augmented (training split only; CoarseDropout with probability `dropout_p`) unless `aug=False`, validated on the test images or on `valid_pct` of the training images"
     path = check_layout(path)
+    check_valid_pct(valid_pct, subset)
     fns,images,bad = decoded_images(path)
     mean,std = stats or dataset_stats(path)
     items = _drop_bad_images(cifar_items(path, subset, seed), bad, strict)
     if item_tfms is None: item_tfms = [AlbumentationsTransform(cifar_augs(mean, dropout_p=dropout_p))] if aug else []
-    dsets = cifar_datasets(items, _class_dirs(path/'train'), fns, images, splits=GrandparentSplitter(train_name='train', valid_name='test')(items))
+    dsets = cifar_datasets(items, _class_dirs(path/'train'), fns, images, splits=cifar_splits(items, valid_pct))
     if num_workers is None: num_workers = default_num_workers()
     cuda = torch.device(device or default_device()).type=='cuda'
     return dsets.dataloaders(bs=bs, after_item=item_tfms, after_batch=[IntToFloatTensor, *L(batch_tfms), Normalize.from_stats(mean, std)],

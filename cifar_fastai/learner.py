@@ -16,7 +16,7 @@ __all__ = ['TRAIN_DEFAULTS', 'OPTIMIZERS', 'cifar_learner', 'nesterov_step', 'SG
 
 # %% ../nbs/03_learner.ipynb #5ba14e5b
 TRAIN_DEFAULTS = dict(arch='default', epochs=40, lr=5e-3, bs=128, seed=None, subset=None, label_smoothing=0.1, wd=0.05,
-                      dropout_p=0.5, ema=None, opt='adam', whiten=False, bn_bias_lr_mult=1., mixup=None, temperature=4., teacher_weight=0.9) # what `train` and `cifar_learner` use for a setting left at `None`
+                      dropout_p=0.5, ema=None, opt='adam', whiten=False, bn_bias_lr_mult=1., mixup=None, temperature=4., teacher_weight=0.9, valid_pct=None) # what `train` and `cifar_learner` use for a setting left at `None`
 
 def cifar_learner(dls, arch=None, label_smoothing=None, wd=None, opt=None, whiten=None, bn_bias_lr_mult=None, mixup=None, path='.', cbs=None, **kwargs) -> Learner:
     "A `Learner` for `dls` with the `arch` variant of `ARCHS`, its first layer started along the principal patch directions of the training images if `whiten`, cross-entropy loss, `accuracy` and the `opt` optimiser of `OPTIMIZERS`, the BatchNorm biases at `bn_bias_lr_mult` times the learning rate of the rest, training on fastai's `MixUp(mixup)` of image pairs if `mixup`, in mixed precision on CUDA (settings left at `None` from `TRAIN_DEFAULTS`)"

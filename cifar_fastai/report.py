@@ -8,10 +8,11 @@ import json, re
 import numpy as np, pandas as pd
 from pathlib import Path
 from IPython.display import Markdown
+from .data import held_out_name
 
 # %% auto #0
-__all__ = ['tta_accuracy', 'short_device', 'runs_table', 'summarize_runs', 'md_table', 'seed_runs', 'headline_row',
-           'ablation_table', 'shift_gains', 'bench_files', 'epoch_table', 'bench_table']
+__all__ = ['tta_accuracy', 'scored_accuracy', 'short_device', 'runs_table', 'summarize_runs', 'md_table', 'seed_runs',
+           'headline_row', 'ablation_table', 'shift_gains', 'bench_files', 'epoch_table', 'bench_table']
 
 # %% ../nbs/09_report.ipynb #0cb468b5
 def tta_accuracy(run, fname='eval-tta.json') -> float:
@@ -23,6 +24,15 @@ def _pct(v) -> str:
     "A fraction as a percentage with two decimals ('' for NaN)"
     return '' if np.isnan(v) else f"{100*v:.2f}%"
 
+def scored_accuracy(m, best=False) -> tuple:
+    "The final (or `best`) accuracy in a run's metrics `m`, and the split it was scored on: 'test', or 'valid' for held-out training images"
+    split = held_out_name(m.get('valid_pct'))
+    return m[f"{'best_'*best}{split}_accuracy"],split
+
+def _mark(split) -> str:
+    "What follows an accuracy scored on `split`: nothing for the test split, else the split's name in brackets"
+    return '' if split=='test' else f' ({split})'
+
 def _short_cpu(m) -> str:
     "'2-core CPU', with the threads if they differ, from a match of `short_device`'s pattern"
     cores,threads = m.groups()
@@ -33,31 +43,33 @@ def short_device(device) -> str:
     return re.sub(r'CPU: [^,]+, (\d+) cores?, (\d+) threads?', _short_cpu, device)
 
 def runs_table(path='results', link=True, folders=None) -> pd.DataFrame:
-    "One row per run folder under `path` (from its `metrics.json`, at any depth, or only `folders`): arch, size, LR, epochs, test accuracy, time, hardware"
+    "One row per run folder under `path` (from its `metrics.json`, at any depth, or only `folders`): arch, size, LR, epochs, test (or marked held-out) accuracy, time, hardware"
     rows = []
     for f in sorted(Path(path).rglob('metrics.json')) if folders is None else [Path(path)/o/'metrics.json' for o in folders]:
         m = json.loads(f.read_text())
-        name = f.parent.relative_to(path).as_posix()
+        name,(final,split),(best,_) = f.parent.relative_to(path).as_posix(),scored_accuracy(m),scored_accuracy(m, best=True)
         rows.append({'run': f'[{name}]({f.parent.as_posix()})' if link else name, 'arch': m['arch'],
                      'params': f"{m['params']:,}", 'RF': m['receptive_field'], 'MMACs': round(m['macs']/1e6, 1),
-                     'train images': f"{m['train_images']:,}", 'lr': f"{m['lr']:.2e}", 'epochs': m['epochs'], 'best test acc': _pct(m['best_test_accuracy']),
-                     'final test acc': _pct(m['test_accuracy']), 'with mirror TTA': _pct(tta_accuracy(f.parent)),
+                     'train images': f"{m['train_images']:,}", 'lr': f"{m['lr']:.2e}", 'epochs': m['epochs'], 'best test acc': _pct(best)+_mark(split),
+                     'final test acc': _pct(final)+_mark(split), 'with mirror TTA': _pct(tta_accuracy(f.parent)),
                      'with mirror+shift TTA': _pct(tta_accuracy(f.parent, 'eval-tta-shift.json')),
                      'wall time': f"{m['seconds']/60:.0f} min", 'hardware': short_device(m['device'])})
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_report.ipynb #dfe409fc
 def summarize_runs(path) -> pd.DataFrame:
-    "Final test accuracy of the runs under `path`, grouped by their path under it without `-s<seed>`: runs, mean, min, max, TTA"
+    "Final test (or marked held-out) accuracy of the runs under `path`, grouped by their path under it without `-s<seed>`: runs, mean, min, max, TTA"
     rows = []
     for f in sorted(Path(path).rglob('metrics.json')):
         m = json.loads(f.read_text())
+        acc,split = scored_accuracy(m)
         rows.append(dict(variant=re.sub(r'-s\d+$', '', f.parent.relative_to(path).as_posix()), arch=m['arch'], params=m['params'], epochs=m['epochs'],
-                         acc=m['test_accuracy'], tta=tta_accuracy(f.parent),
+                         acc=acc, split=split, tta=tta_accuracy(f.parent),
                          tta_shift=tta_accuracy(f.parent, 'eval-tta-shift.json'), minutes=m['seconds']/60))
     g = pd.DataFrame(rows).groupby('variant', sort=False)
+    mark = g.split.first().map(_mark)
     return pd.DataFrame({'arch': g.arch.first(), 'params': g.params.first().map('{:,}'.format), 'epochs': g.epochs.first(),
-                         'runs': g.size(), 'mean test acc': g.acc.mean().map(_pct), 'min': g.acc.min().map(_pct), 'max': g.acc.max().map(_pct),
+                         'runs': g.size(), 'mean test acc': g.acc.mean().map(_pct)+mark, 'min': g.acc.min().map(_pct)+mark, 'max': g.acc.max().map(_pct)+mark,
                          'mean with mirror TTA': g.tta.mean().map(_pct),
                          'mean with mirror+shift TTA': g.tta_shift.mean().map(_pct), 'minutes per run': g.minutes.mean().round(1)}).reset_index()
 
@@ -90,10 +102,10 @@ def headline_row(goal, variant, target, path='results') -> dict:
     "How `variant`'s seeds under `path` stand against `goal`: size, plain and mirror+shift TTA test accuracy, seeds reaching `target`, time, hardware"
     runs = seed_runs(variant, path)
     ms = [json.loads((d/'metrics.json').read_text()) for d in runs]
-    acc,tta = [m['test_accuracy'] for m in ms],[tta_accuracy(d, 'eval-tta-shift.json') for d in runs]
+    (acc,splits),tta = zip(*map(scored_accuracy, ms)),[tta_accuracy(d, 'eval-tta-shift.json') for d in runs]
     reached = lambda xs: sum(x >= target for x in xs)
     return {'goal': goal, 'run': f'[{variant}]({runs[0].as_posix()})', 'params': f"{ms[0]['params']:,}", 'epochs': ms[0]['epochs'],
-            'seeds': len(runs), 'test acc': _span(acc), 'with mirror+shift TTA': _span(tta),
+            'seeds': len(runs), 'test acc': _span(acc)+_mark(splits[0]), 'with mirror+shift TTA': _span(tta),
             'seeds reaching it': f'{reached(acc)} ({reached(tta)} with TTA)',
             'minutes per run': _minutes(ms), 'hardware': short_device(ms[0]['device'])}
 
@@ -103,9 +115,10 @@ def ablation_table(steps, path='results') -> pd.DataFrame:
     accs,rows = [],[]
     for i,(change,run,fname,against) in enumerate(steps, 1):
         f = Path(path)/run/fname
-        accs.append(json.loads(f.read_text())['test_accuracy'])
+        acc,split = scored_accuracy(json.loads(f.read_text())) # a run's metrics.json, or cifar_eval's file of test accuracy
+        accs.append(acc)
         params = json.loads((f.parent/'metrics.json').read_text())['params']
-        rows.append({'row': i, 'change': change, 'run': f'[{run}]({f.parent.as_posix()})', 'params': f'{params:,}', 'test accuracy': _pct(accs[-1]),
+        rows.append({'row': i, 'change': change, 'run': f'[{run}]({f.parent.as_posix()})', 'params': f'{params:,}', 'test accuracy': _pct(acc)+_mark(split),
                      'against': '' if against is None else against, 'difference': '' if against is None else f'{100*(accs[-1]-accs[against-1]):+.2f}'})
     return pd.DataFrame(rows)
 

@@ -9,7 +9,7 @@ import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import albumentations, fastai, torch
 from fastai.vision.all import *
-from .data import save_atomic
+from .data import check_valid_pct, held_out_name, save_atomic
 from .model import check_arch, count_macs, count_params, receptive_field
 from .learner import OPTIMIZERS, TRAIN_DEFAULTS
 from .callbacks import run_devices
@@ -35,9 +35,9 @@ def check_out_dir(out, force=False) -> Path:
     return out
 
 # %% ../nbs/07_run.ipynb #651d6395
-def data_summary(dls) -> dict:
-    "The classes and image counts of `dls`: a run records them, so that it is resumed on the same data"
-    return dict(vocab=list(dls.vocab), train_images=len(dls.train_ds), test_images=len(dls.valid_ds))
+def data_summary(dls, split='test') -> dict:
+    "The classes and image counts of `dls`, its validation images counted as the `split` the run is scored on: a run records them, so that it is resumed on the same data"
+    return {'vocab': list(dls.vocab), 'train_images': len(dls.train_ds), f'{split}_images': len(dls.valid_ds)}
 
 # %% ../nbs/07_run.ipynb #c0a274f6
 def versions() -> dict:
@@ -63,10 +63,10 @@ def command_line() -> str:
 
 # %% ../nbs/07_run.ipynb #f5b31d0b
 def plot_history(history, fname=None):
-    "Plot train/test loss and accuracy per epoch from a `history.csv` DataFrame, like the reference's `output.png`"
+    "Plot loss and accuracy per epoch on the training split and the split the run is scored on, from a `history.csv` DataFrame, like the reference's `output.png`"
     h = pd.DataFrame(history)
     fig,axs = plt.subplots(1, 2, figsize=(12,4))
-    for split in ('train','test'):
+    for split in [c.removesuffix('_loss') for c in h.columns if c.endswith('_loss')]:
         axs[0].plot(h.epoch, h[f'{split}_loss'], marker='.', label=split)
         axs[1].plot(h.epoch, 100*h[f'{split}_accuracy'], marker='.', label=split)
     for ax,t in zip(axs, ('Loss','Accuracy (%)')): ax.set(title=t, xlabel='epoch'); ax.legend(); ax.grid(alpha=.3)
@@ -75,7 +75,7 @@ def plot_history(history, fname=None):
 
 # %% ../nbs/07_run.ipynb #a00badd2
 def save_plots(learn, out):
-    "Save the confusion matrix and the top losses of the test split as images in `out`"
+    "Save the confusion matrix and the top losses of the split the run is scored on as images in `out`"
     interp = ClassificationInterpretation.from_learner(learn)
     interp.plot_confusion_matrix(figsize=(7,7))
     plt.savefig(out/'confusion_matrix.png', dpi=80, bbox_inches='tight'); plt.close('all')
@@ -88,13 +88,14 @@ def check_resume_settings(cfg, given):
     clash = [f"{k} {v} (the run's is {cfg.get(k, TRAIN_DEFAULTS[k])})" for k,v in given.items() if v!=cfg.get(k, TRAIN_DEFAULTS[k])]
     if clash: raise ValueError(f"a resumed run keeps the settings it started with, not {', '.join(clash)}: leave them out, or start a new run with --out")
 
-def check_settings(arch, epochs, lr, bs, subset, dropout_p, ema, opt, bn_bias_lr_mult, mixup, temperature, teacher_weight, **_):
+def check_settings(arch, epochs, lr, bs, subset, dropout_p, ema, opt, bn_bias_lr_mult, mixup, temperature, teacher_weight, valid_pct, **_):
     "Raise, saying what to pass instead, if a new run's settings cannot train"
     check_arch(arch)
     if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
     if bs < 1: raise ValueError(f"bs must be at least 1, got {bs}")
     if not 0 < lr < 10: raise ValueError(f"lr must be in (0, 10), got {lr}: try 1e-3 to 1e-2, or --lr_find to let the LR finder choose")
     if subset is not None and not 0 < subset <= 1: raise ValueError(f"subset must be a fraction in (0, 1], got {subset}")
+    check_valid_pct(valid_pct, subset)
     if not 0 <= dropout_p <= 1: raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p}: the default is {TRAIN_DEFAULTS['dropout_p']}")
     if ema is not None and not 0 < ema < 1: raise ValueError(f"ema must be a decay in (0, 1), got {ema}: try 0.999")
     if opt not in OPTIMIZERS: raise ValueError(f"unknown opt {opt!r}: choose one of {', '.join(OPTIMIZERS)}")
@@ -123,13 +124,15 @@ def finish_run(learn, out, cfg, history) -> dict:
     save_plots(learn, out)
     started,*resumed = (out/'command.txt').read_text().splitlines() # as typed, one line per start or resume
     mean,std = learn.dls.after_batch.normalize.mean.flatten().tolist(),learn.dls.after_batch.normalize.std.flatten().tolist()
-    save_safetensors(out/'model.safetensors', learn.model, cfg['arch'], learn.dls.vocab, (mean, std), float(h.test_accuracy.iloc[-1]))
+    split = held_out_name(cfg.get('valid_pct'))
+    acc = h[f'{split}_accuracy']
+    save_safetensors(out/'model.safetensors', learn.model, cfg['arch'], learn.dls.vocab, (mean, std), float(acc.iloc[-1]) if split=='test' else None)
     export_lean(learn, 'model.pkl') # into `learn.path`, which is `out`
-    metrics = dict(test_accuracy=float(h.test_accuracy.iloc[-1]), best_test_accuracy=float(h.test_accuracy.max()),
-                   best_epoch=int(h.epoch[h.test_accuracy.idxmax()]), test_loss=float(h.test_loss.iloc[-1]),
-                   params=count_params(learn.model), receptive_field=int(receptive_field(learn.model).rf.iloc[-1]),
+    metrics = {f'{split}_accuracy': float(acc.iloc[-1]), f'best_{split}_accuracy': float(acc.max()),
+               'best_epoch': int(h.epoch[acc.idxmax()]), f'{split}_loss': float(h[f'{split}_loss'].iloc[-1])}
+    metrics.update(params=count_params(learn.model), receptive_field=int(receptive_field(learn.model).rf.iloc[-1]),
                    macs=count_macs(learn.model), epochs=int(h.epoch.iloc[-1]),
-                   **data_summary(learn.dls),
+                   **data_summary(learn.dls, split),
                    seconds=round(float(h.seconds.sum()), 1), epoch_seconds=round(float(h.seconds.mean()), 1),
                    device=run_devices(history), stats=[mean, std],
                    versions=versions(), command=started, resumed_with=resumed)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, sys
 from fastai.vision.all import *
-from .data import DataError, cifar_dls, get_cifar10, save_atomic
+from .data import DataError, cifar_dls, get_cifar10, held_out_name, save_atomic
 # the names this module held before it was split into the modules below, for scripts that import them from here
 from .learner import *
 from .callbacks import *
@@ -45,23 +45,23 @@ def new_run(given, data=None, out='runs/default', force=False, teacher=None) -> 
 def run_dls(cfg, num_workers=None, strict=False) -> DataLoaders:
     "The `DataLoaders` of the run with settings `cfg`, refusing data other than the run started on"
     dls = cifar_dls(cfg['data'], bs=cfg['bs'], subset=cfg['subset'], seed=cfg['seed'], num_workers=num_workers, strict=strict,
-                    dropout_p=cfg.get('dropout_p', 0.5)) # a run from before the option used 0.5
-    differ = [f"{k} {v}, not {cfg[k]}" for k,v in data_summary(dls).items() if cfg.get(k, v)!=v] # a run from before they were recorded has none
+                    dropout_p=cfg.get('dropout_p', 0.5), valid_pct=cfg.get('valid_pct')) # a run from before an option used its default
+    differ = [f"{k} {v}, not {cfg[k]}" for k,v in data_summary(dls, held_out_name(cfg.get('valid_pct'))).items() if cfg.get(k, v)!=v] # a run from before they were recorded has none
     if differ: raise DataError(f"{cfg['data']} is not this run's data ({'; '.join(differ)}): pass --data the copy of CIFAR-10 it started on")
     return dls
 
-def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset=None, out='runs/default',
+def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset=None, valid_pct=None, out='runs/default',
           label_smoothing=None, wd=None, dropout_p=None, ema=None, opt=None, whiten=None, bn_bias_lr_mult=None, mixup=None, num_workers=None, strict=False, force=False, resume=None, stop_after=None,
           teacher=None, temperature=None, teacher_weight=None, lr_find=False, verbose=True, progress=None) -> dict:
-    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, the LR from the LR finder if `lr_find`, learning from `teacher` too if given, on mixup blends if `mixup`, ending with an average of the weights if `ema`); write the run folder `out`; return its metrics"
+    "Train `arch` on CIFAR-10 with one-cycle (settings left at `None` from `TRAIN_DEFAULTS`, the LR from the LR finder if `lr_find`, learning from `teacher` too if given, on mixup blends if `mixup`, ending with an average of the weights if `ema`), scored each epoch on the test images, or on `valid_pct` of the training images held out; write the run folder `out`; return its metrics"
     given = {k:v for k,v in locals().items() if k in TRAIN_DEFAULTS and v is not None}
     if lr_find and (lr is not None or resume is not None): raise ValueError("lr_find chooses the learning rate of a new run: leave out lr or lr_find, and lr_find when resuming")
     if resume is not None: out,cfg,state = resumed_run(resume, given, data, teacher)
     else: (out,cfg),state = new_run(given, data, out, force, teacher),None
     if stop_after is not None and not 0 < stop_after < cfg['epochs']: raise ValueError(f"stop_after must be between 1 and {cfg['epochs']-1}")
     if cfg['seed'] is not None: set_seed(cfg['seed'], reproducible=True)
-    dls = run_dls(cfg, num_workers, strict)
-    if state is None: cfg.update(data_summary(dls))
+    dls,split = run_dls(cfg, num_workers, strict),held_out_name(cfg.get('valid_pct'))
+    if state is None: cfg.update(data_summary(dls, split))
     distill = distill_from(cfg['teacher'], dls, cfg['temperature'], cfg['teacher_weight']) if cfg.get('teacher') else None
     learn = cifar_learner(dls, cfg['arch'], label_smoothing=cfg['label_smoothing'], wd=cfg['wd'], opt=cfg.get('opt'), whiten=cfg.get('whiten'),
                           bn_bias_lr_mult=cfg.get('bn_bias_lr_mult'), mixup=cfg.get('mixup'), path=out)
@@ -76,7 +76,7 @@ def train(data=None, arch=None, epochs=None, lr=None, bs=None, seed=None, subset
     else:
         learn.model.load_state_dict(state['model']); learn.create_opt(); learn.opt.load_state_dict(to_device(state['opt'], dls.device))
     start = state['epoch'] if state else 0
-    logger = RunLogger(history=state['history'] if state else None, start_epoch=start, verbose=verbose)
+    logger = RunLogger(history=state['history'] if state else None, start_epoch=start, verbose=verbose, split=split)
     cbs = [logger, Checkpoint(resume_state=state), StopOnNaN()]
     if distill: cbs.append(distill)
     if cfg.get('ema'): cbs.append(EMA(cfg['ema'], state=state and state['ema']))

@@ -2,7 +2,8 @@
 
 `python experiments/run.py STUDY VARIANT --seed N` trains the variant with `train` (the function behind `cifar_train`)
 into `results/STUDY/VARIANT-sN`, or continues it if a checkpoint is there, then tests its model three ways: plainly
-(`eval.json`), with mirror TTA (`eval-tta.json`) and with mirror+shift TTA (`eval-tta-shift.json`). The headline
+(`eval.json`), with mirror TTA (`eval-tta.json`) and with mirror+shift TTA (`eval-tta-shift.json`); a screen scored on
+training images held out (`valid_pct`) is not tested, so that choosing among its variants leaves the test images alone. The headline
 runs of the README are the study `headline`: seed 0 goes into `results/VARIANT`, seed N into `results/VARIANT-sN`, and
 only they keep `model.pkl` and `top_losses.png` (every run keeps `model.safetensors` and its other plots). The data come from `$CIFAR10_DATA`.
 
@@ -93,7 +94,7 @@ def main(
     threads:int=None, # PyTorch's CPU threads
     studies:store_true=False, # print every study and variant, with its settings
 ):
-    "Train `variant` of `study` with `seed` into its run folder (or continue it), then test its model three ways"
+    "Train `variant` of `study` with `seed` into its run folder (or continue it), then test its model three ways, unless it is a screen scored on held-out training images"
     if studies:
         for s,vs in STUDIES.items(): print('\n'.join(f"{s} {v} {kw}" for v,kw in vs.items()))
         return
@@ -112,6 +113,6 @@ def main(
     except KeyboardInterrupt:
         sys.exit(f"{out}: interrupted; " + (again if (out/'checkpoint.pth').exists() else "no epoch was saved"))
     if not (out/'metrics.json').exists(): sys.exit(f"{out}: stopped after epoch {m['stopped_after']}; {again}, with a later --stop_after or none")
-    evaluate_run(out, data)
+    if settings.get('valid_pct') is None: evaluate_run(out, data) # a screen scored on held-out training images leaves the test images alone
     if study!='headline': # model.safetensors is enough, and results/ stays small: model.pkl and top_losses.png only in headline runs
         for f in ('model.pkl', 'top_losses.png'): (out/f).unlink(missing_ok=True)

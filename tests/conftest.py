@@ -288,6 +288,8 @@ def bad_input_cases(d, p):
         'subset_0':       (*T('--subset', '0'), ['subset', '0']),
         'subset_1.5':     (*T('--subset', '1.5'), ['subset', '1.5']),
         'dropout_p_1.5':  (*T('--dropout_p', '1.5'), ['dropout_p', '1.5']),
+        'valid_pct_1':    (*T('--valid_pct', '1'), ['valid_pct', '1', '0.1']),
+        'valid_pct_0.01': (*T('--valid_pct', '0.01'), ['valid_pct', '0.01', 'larger']), # 2 of 200 images, for 10 classes
         'ema_1':          (*T('--ema', '1'), ['ema', '1', '0.999']),
         'opt_lion':       (*T('--opt', 'lion'), ['lion', 'adam', 'sgd']),
         'bn_bias_lr_mult_0': (*T('--bn_bias_lr_mult', '0'), ['bn_bias_lr_mult', '0']),
@@ -367,9 +369,15 @@ def relative_out_job(cli, fake_data, session_dir):
     cwd.mkdir()
     return cli.submit('cifar_train', *train_args(fake_data, 'myrun', 1, '--threads', 1), cwd=cwd), cwd/'myrun'
 
+# ---- a screen, scored on half the training images held out
+@pytest.fixture(scope='session')
+def screen_job(cli, fake_data, session_dir) -> tuple:
+    out = session_dir/'screen'
+    return cli.submit('cifar_train', *train_args(fake_data, out, 1, '--valid_pct', '0.5')), out
+
 # the fixtures whose commands are started at the beginning of the session, in this order, when a collected test uses them
 PRESTART = ('trained_job', 'bad_input_jobs', 'help_jobs', 'repeat_jobs', 'student_job', 'corrupt_jobs', 'nan_job', 'lr_find_job',
-            'summary_job', 'relative_out_job')
+            'summary_job', 'relative_out_job', 'screen_job')
 
 @pytest.fixture(scope='session', autouse=True)
 def _prestart(request):

@@ -196,7 +196,7 @@ def _options(tool):
 
 # the options each tool has today (a floor: the signature may add more)
 KNOWN_OPTIONS = dict(
-    cifar_train='data arch epochs lr lr_find bs seed subset out label_smoothing wd dropout_p ema opt whiten bn_bias_lr_mult mixup num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
+    cifar_train='data arch epochs lr lr_find bs seed subset valid_pct out label_smoothing wd dropout_p ema opt whiten bn_bias_lr_mult mixup num_workers threads strict force resume stop_after teacher temperature teacher_weight debug',
     cifar_lr_find='data arch bs opt whiten bn_bias_lr_mult mixup subset seed out debug', cifar_eval='model data bs tta shift json_out debug', cifar_predict='images model tta shift top_k csv json_out bs debug',
     cifar_summary='arch rf debug', cifar_bench='data arch bs n_batches epoch num_workers threads json_out debug')
 
@@ -221,6 +221,16 @@ def test_train_threads(relative_out_job):
     job.result().ok()
     device = json.loads((run/'metrics.json').read_text())['device']
     if device.startswith('CPU'): assert device.endswith(', 1 thread'), device
+
+def test_train_valid_pct(screen_job):
+    "--valid_pct: the run trains on half the training images and is scored on the other half; its lines, history and metrics say 'valid'"
+    job,out = screen_job
+    r = job.result().ok()
+    assert ', valid loss ' in r.out_lines[0] and r.out_lines[-1].startswith('valid accuracy '), r
+    m = json.loads((out/'metrics.json').read_text())
+    assert (m['valid_pct'],m['train_images'],m['valid_images']) == (0.5,100,100), m
+    assert not [k for k in m if 'test' in k], m
+    assert list(read_history(out).columns[3:5]) == ['valid_loss', 'valid_accuracy']
 
 def test_train_with_teacher(student_job, repeat_jobs):
     "--teacher: the run names its teacher and the teacher's training time in metrics.json, and ends elsewhere than the same run without one (`full0`)"

@@ -1,8 +1,8 @@
 """Reliability of the tools: bad input (B), a corrupt image (C), never losing a run (D)"""
-import json, math, os, re, shutil, signal, subprocess, time
+import json, math, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
-from conftest import (TIMEOUT, TRAINED_EPOCHS, assert_one_line_error, bad_case_ids, file_hashes, read_history, tool_path,
+from conftest import (REPO, TIMEOUT, TRAINED_EPOCHS, assert_one_line_error, bad_case_ids, file_hashes, read_history, tool_path,
                       train_args)
 
 # ---------------------------------------------------------------------------------------------------- B: bad input
@@ -144,6 +144,19 @@ def test_resume_gpu_checkpoint_on_cpu(cli, fake_data, session_dir):
     assert m['epochs']==2
     assert re.fullmatch(r"device not recorded \(epoch 1\), CPU: .+ \(epoch 2\)", m['device']), m['device'] # the fixture predates the device column (its epoch 1 ran on an H100)
 
+def _signal_after_first_checkpoint(p, run, sig, wait=120) -> tuple:
+    "Send `sig` to `p` (started in a session of its own) once `run/checkpoint.pth` exists; `p`'s `(stdout, stderr)` once it and any processes holding its pipes have ended (after `wait` s they are killed)"
+    try:
+        deadline = time.time() + TIMEOUT
+        while not (run/'checkpoint.pth').exists():
+            if p.poll() is not None: pytest.fail(f"the run ended before its first checkpoint: {p.communicate()}")
+            if time.time() > deadline: pytest.fail(f"no checkpoint.pth after {TIMEOUT}s")
+            time.sleep(0.2)
+        p.send_signal(sig)
+        return p.communicate(timeout=wait)
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL); p.communicate(timeout=30)
+
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['ctrl_c', 'kill'])
 def test_interrupt_keeps_checkpoint_and_resumes(cli, session_dir, sig):
     "Ctrl-C (SIGINT) or `kill` (SIGTERM) after the first checkpoint: exit 130, a message saying how to continue, and --resume works"
@@ -155,17 +168,8 @@ def test_interrupt_keeps_checkpoint_and_resumes(cli, session_dir, sig):
     run = session_dir/f'interrupted-{sig.name}'
     cmd = [tool_path('cifar_train'), *map(str, train_args(d, run, 40))]
     p = subprocess.Popen(cmd, env=cli.env, cwd=cli.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + TIMEOUT
-        while not (run/'checkpoint.pth').exists():
-            if p.poll() is not None: pytest.fail(f"the run ended before its first checkpoint: {p.communicate()}")
-            if time.time() > deadline: pytest.fail(f"no checkpoint.pth after {TIMEOUT}s")
-            time.sleep(0.2)
-        p.send_signal(sig)
-        out,err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None: p.kill(); p.communicate()
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out,err = _signal_after_first_checkpoint(p, run, sig)
     assert p.returncode==130, f"exit status {p.returncode} after {sig.name}\n{out}\n{err}"
     assert '--resume' in err, f"the message does not say how to continue:\n{err}"
     assert 'Traceback' not in out+err, err
@@ -180,6 +184,40 @@ def test_interrupt_keeps_checkpoint_and_resumes(cli, session_dir, sig):
     assert state['epoch']==done+1
     assert list(read_history(run).epoch)==list(range(1, done+2))
     assert [l for l in r.out_lines if l.startswith('Epoch')][0].startswith(f'Epoch {done+1}:'), r
+
+DRIVER_RUN = """import importlib.util, sys
+spec = importlib.util.spec_from_file_location('driver', {driver!r})
+driver = importlib.util.module_from_spec(spec); spec.loader.exec_module(driver)
+driver.STUDIES['tiny'] = dict(long=dict(arch='tiny', epochs=40, bs=32), screen=dict(arch='tiny', epochs=1, bs=32, valid_pct=0.5))
+driver.main('tiny', sys.argv[1], num_workers=2)
+"""
+
+def _driver_run(cli, session_dir, variant) -> tuple:
+    "Start the experiment driver on `variant` of a study of `tiny` runs on generated data: `(process, its folder, the run folder)`"
+    from cifar_fastai.data import make_fake_cifar
+    work = session_dir/f'driver-{variant}'
+    make_fake_cifar(work/'data', n_train=60, n_test=10)
+    (work/'run_tiny.py').write_text(DRIVER_RUN.format(driver=str(REPO/'experiments'/'run.py')))
+    p = subprocess.Popen([sys.executable, 'run_tiny.py', variant], env={**cli.env, 'CIFAR10_DATA': str(work/'data')}, cwd=work,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return p,work,work/'results'/'tiny'/f'{variant}-s0'
+
+def test_driver_kill_keeps_checkpoint(cli, session_dir):
+    "`kill` (SIGTERM) stops an experiment-driver run after its first checkpoint, saying how to continue; the pipes close only once its loader workers are gone too"
+    p,work,run = _driver_run(cli, session_dir, 'long')
+    out,err = _signal_after_first_checkpoint(p, run, signal.SIGTERM)
+    assert p.returncode==1, f"exit status {p.returncode} after SIGTERM\n{out}\n{err}"
+    assert err.strip().splitlines()[-1]==f"{run.relative_to(work)}: interrupted; continue with the same command: python run_tiny.py long", err
+    assert (run/'checkpoint.pth').exists() and not (run/'metrics.json').exists()
+
+def test_driver_screen_leaves_test_images_alone(cli, session_dir):
+    "A driver run scored on held-out training images (`valid_pct`) is not tested on the test images afterwards"
+    p,work,run = _driver_run(cli, session_dir, 'screen')
+    out,err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode==0, f"{out}\n{err}"
+    m = json.loads((run/'metrics.json').read_text())
+    assert (m['valid_pct'],m['valid_images']) == (0.5,300) and 'test_accuracy' not in m, m
+    assert not list(run.glob('eval*.json')), sorted(o.name for o in run.iterdir())
 
 def test_nan_stops_with_one_line_message(nan_job):
     job,run = nan_job

@@ -57,12 +57,14 @@ def test_model_meets_rules(run):
 
 @pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
 def test_metrics_match_history(run):
-    "A run's final and best test accuracy are those of its own per-epoch history"
+    "A run's final and best accuracy on the split it is scored on (test, or held-out training images) are those of its own per-epoch history"
+    from cifar_fastai.data import held_out_name
     m = json.loads((run/'metrics.json').read_text())
-    accs = [float(r['test_accuracy']) for r in csv.DictReader((run/'history.csv').open())]
+    split = held_out_name(m.get('valid_pct'))
+    accs = [float(r[f'{split}_accuracy']) for r in csv.DictReader((run/'history.csv').open())]
     assert len(accs) == m['epochs']
-    assert m['test_accuracy'] == pytest.approx(accs[-1])
-    assert m['best_test_accuracy'] == pytest.approx(max(accs))
+    assert m[f'{split}_accuracy'] == pytest.approx(accs[-1])
+    assert m[f'best_{split}_accuracy'] == pytest.approx(max(accs))
 
 def _driver():
     "The experiment driver, `experiments/run.py`, as a module"
@@ -72,10 +74,10 @@ def _driver():
     return module
 
 def _settings(run):
-    "The settings a run recorded, in today's terms: `None` weight decay was fastai's 0.01, and runs before `dropout_p` used 0.5, before `ema` had none, before `opt` used Adam, before `whiten` started from a random first layer, before `bn_bias_lr_mult` trained the BatchNorm biases at the LR of the rest, and before `mixup` trained on whole images"
+    "The settings a run recorded, in today's terms: `None` weight decay was fastai's 0.01, and runs before `dropout_p` used 0.5, before `ema` had none, before `opt` used Adam, before `whiten` started from a random first layer, before `bn_bias_lr_mult` trained the BatchNorm biases at the LR of the rest, before `mixup` trained on whole images, and before `valid_pct` were scored on the test images"
     r = json.loads(((run/'run.json') if (run/'run.json').exists() else (run/'metrics.json')).read_text())
     return dict(epochs=r['epochs'], bs=r['bs'], subset=r['subset'], label_smoothing=r['label_smoothing'], wd=ifnone(r['wd'], 0.01),
-                dropout_p=r.get('dropout_p', 0.5), ema=r.get('ema'), opt=r.get('opt', 'adam'), whiten=r.get('whiten', False), bn_bias_lr_mult=r.get('bn_bias_lr_mult', 1), mixup=r.get('mixup'), lr=r['lr'], teacher=bool(r.get('teacher')), seed=r['seed'])
+                dropout_p=r.get('dropout_p', 0.5), ema=r.get('ema'), opt=r.get('opt', 'adam'), whiten=r.get('whiten', False), bn_bias_lr_mult=r.get('bn_bias_lr_mult', 1), mixup=r.get('mixup'), valid_pct=r.get('valid_pct'), lr=r['lr'], teacher=bool(r.get('teacher')), seed=r['seed'])
 
 @pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
 def test_run_is_a_driver_variant(run):
@@ -89,7 +91,7 @@ def test_run_is_a_driver_variant(run):
     assert ex.run_folder(study, variant, seed) == Path('results')/rel
     kw = {**TRAIN_DEFAULTS, **ex.variant_settings(study, variant)}
     want = dict(epochs=kw['epochs'], bs=kw['bs'], subset=kw['subset'], label_smoothing=kw['label_smoothing'], wd=kw['wd'],
-                dropout_p=kw['dropout_p'], ema=kw['ema'], opt=kw['opt'], whiten=kw['whiten'], bn_bias_lr_mult=kw['bn_bias_lr_mult'], mixup=kw['mixup'], lr=kw['lr'], teacher=bool(kw.get('teacher')), seed=seed)
+                dropout_p=kw['dropout_p'], ema=kw['ema'], opt=kw['opt'], whiten=kw['whiten'], bn_bias_lr_mult=kw['bn_bias_lr_mult'], mixup=kw['mixup'], valid_pct=kw['valid_pct'], lr=kw['lr'], teacher=bool(kw.get('teacher')), seed=seed)
     got = _settings(run)
     if kw.get('lr_find'): want['lr'] = got['lr'] # the finder chose it
     assert got == want
