@@ -290,7 +290,7 @@ def cifar_splits(items, valid_pct=None) -> tuple:
     check_valid_pct(valid_pct)
     train,test = GrandparentSplitter(train_name='train', valid_name='test')(items)
     if valid_pct is None: return train,test
-    train = L(sorted(train, key=lambda i: items[i])) # in file order, so that any copy of the data holds out the same files
+    train = L(sorted(train, key=lambda i: items[i])) # sorted by path, so that any copy of the data, listed in any order, holds out the same files
     try: keep,held = TrainTestSplitter(valid_pct, random_state=VALID_SEED, stratify=train.map(lambda i: parent_label(items[i])))(train)
     except ValueError: raise DataError(f"valid_pct {valid_pct} must leave at least one image of each class on both sides of the {len(train)} training images: pass a larger or smaller valid_pct") from None
     return train[keep],train[held]
