@@ -12,7 +12,8 @@ from .data import held_out_name
 
 # %% auto #0
 __all__ = ['tta_accuracy', 'scored_accuracy', 'short_device', 'runs_table', 'summarize_runs', 'md_table', 'seed_runs',
-           'headline_row', 'ablation_table', 'shift_gains', 'bench_files', 'epoch_table', 'bench_table']
+           'headline_row', 'ablation_table', 'runs_in_progress', 'shift_gains', 'bench_files', 'epoch_table',
+           'bench_table']
 
 # %% ../nbs/09_report.ipynb #0cb468b5
 def tta_accuracy(run, fname='eval-tta.json') -> float:
@@ -121,6 +122,17 @@ def ablation_table(steps, path='results') -> pd.DataFrame:
         rows.append({'row': i, 'change': change, 'run': f'[{run}]({f.parent.as_posix()})', 'params': f'{params:,}', 'test accuracy': _pct(acc)+_mark(split),
                      'against': '' if against is None else against, 'difference': '' if against is None else f'{100*(accs[-1]-accs[against-1]):+.2f}'})
     return pd.DataFrame(rows)
+
+# %% ../nbs/09_report.ipynb #8e8875d8
+def runs_in_progress(path='results') -> pd.DataFrame:
+    "The runs under `path` stopped before the end of their schedule, with a checkpoint to continue from: epochs done, the last epoch's accuracy, minutes so far"
+    rows = []
+    for d in sorted(f.parent for f in Path(path).rglob('checkpoint.pth') if not (f.parent/'metrics.json').exists()):
+        cfg,h = json.loads((d/'run.json').read_text()),pd.read_csv(d/'history.csv')
+        split = held_out_name(cfg.get('valid_pct'))
+        rows.append({'run': f'[{d.relative_to(path).as_posix()}]({d.as_posix()})', 'arch': cfg['arch'], 'epochs done': f"{len(h)} of {cfg['epochs']}",
+                     "last epoch's accuracy": _pct(h[f'{split}_accuracy'].iloc[-1])+_mark(split), 'minutes so far': f"{h.seconds.sum()/60:.0f}"})
+    return pd.DataFrame(rows, columns=['run', 'arch', 'epochs done', "last epoch's accuracy", 'minutes so far'])
 
 # %% ../nbs/09_report.ipynb #0d056a35
 def shift_gains(path='results') -> pd.Series:

@@ -6,6 +6,8 @@ into `results/STUDY/VARIANT-sN`, or continues it if a checkpoint is there, then 
 training images held out (`valid_pct`) is not tested, so that choosing among its variants leaves the test images alone. The headline
 runs of the README are the study `headline`: seed 0 goes into `results/VARIANT`, seed N into `results/VARIANT-sN`, and
 only they keep `model.pkl` and `top_losses.png` (every run keeps `model.safetensors` and its other plots). The data come from `$CIFAR10_DATA`.
+A run longer than a session is stopped (`--stop_after N`, or `kill`) and committed with its checkpoint (`git add -f`), and
+the same command continues it in the next session.
 
 A study's variants are the settings they change from `TRAIN_DEFAULTS`. Runs made before a change of the library
 (the augmentation fix, a default that moved) record the commit of their code in `metrics.json`; rerunning their

@@ -10,6 +10,7 @@ from cifar_fastai.inference import load_model
 
 RESULTS = Path(__file__).resolve().parents[1]/'results'
 RUNS = sorted(f.parent for f in RESULTS.rglob('metrics.json'))
+IN_PROGRESS = sorted(f.parent for f in RESULTS.rglob('checkpoint.pth') if not (f.parent/'metrics.json').exists()) # committed mid-schedule, to be continued
 MODEL_FILES = ('model.pkl', 'model.safetensors', 'weights.pth') # the first a run has is the one its tests load
 
 def model_file(run):
@@ -17,7 +18,7 @@ def model_file(run):
     return next((run/f for f in MODEL_FILES if (run/f).exists()), None)
 
 def test_results_small():
-    "`results/` stays under 60 MB (a run adds about 0.8 MB), with no file over 1 MB (no checkpoint or dataset) and `model.pkl` (the weights and the pickled `Learner`) in at most 12 headline runs"
+    "`results/` stays under 60 MB (a run adds about 0.8 MB), with no file over 1 MB (no dataset, and no checkpoint but a small network's) and `model.pkl` (the weights and the pickled `Learner`) in at most 12 headline runs"
     sizes = {f:f.stat().st_size for f in RESULTS.rglob('*') if f.is_file()}
     assert sum(sizes.values()) < 60e6
     assert not [f for f,n in sizes.items() if n > 1e6]
@@ -79,7 +80,7 @@ def _settings(run):
     return dict(epochs=r['epochs'], bs=r['bs'], subset=r['subset'], label_smoothing=r['label_smoothing'], wd=ifnone(r['wd'], 0.01),
                 dropout_p=r.get('dropout_p', 0.5), ema=r.get('ema'), opt=r.get('opt', 'adam'), whiten=r.get('whiten', False), bn_bias_lr_mult=r.get('bn_bias_lr_mult', 1), mixup=r.get('mixup'), valid_pct=r.get('valid_pct'), lr=r['lr'], teacher=bool(r.get('teacher')), seed=r['seed'])
 
-@pytest.mark.parametrize('run', RUNS, ids=lambda r: str(r.relative_to(RESULTS)))
+@pytest.mark.parametrize('run', RUNS+IN_PROGRESS, ids=lambda r: str(r.relative_to(RESULTS)))
 def test_run_is_a_driver_variant(run):
     "Every run folder is `results/STUDY/VARIANT-sSEED` (or a headline folder) of a variant in the driver's `STUDIES`, with its settings and network"
     from cifar_fastai.learner import TRAIN_DEFAULTS
@@ -96,5 +97,24 @@ def test_run_is_a_driver_variant(run):
     if kw.get('lr_find'): want['lr'] = got['lr'] # the finder chose it
     assert got == want
     arch = {**ARCHS, **ex.SCREENED_ARCHS}[kw['arch']]
-    assert count_params(arch(n_out=10)) == json.loads((run/'metrics.json').read_text())['params'], "another network than the variant's"
+    if run in RUNS: assert count_params(arch(n_out=10)) == json.loads((run/'metrics.json').read_text())['params'], "another network than the variant's"
+    else: # a run in progress: it continues with the arch it recorded, and its checkpoint holds the variant's network
+        assert json.loads((run/'run.json').read_text())['arch'] == kw['arch']
+        arch(n_out=10).load_state_dict(_checkpoint(run)['model'])
     assert f"python experiments/run.py {study} {variant} --seed {seed}" in (run/'command.txt').read_text()
+
+def _checkpoint(run):
+    "The training state a run in progress saved after its last epoch"
+    import torch
+    return torch.load(run/'checkpoint.pth', map_location='cpu', weights_only=False) # our own file: it holds the random states
+
+@pytest.mark.parametrize('run', IN_PROGRESS, ids=lambda r: str(r.relative_to(RESULTS)))
+def test_run_in_progress_can_continue(run):
+    "A run committed mid-schedule, to be continued by its command in another session, saved its checkpoint after the last epoch of its history"
+    ckpt,rows = _checkpoint(run),list(csv.DictReader((run/'history.csv').open()))
+    assert ckpt['epoch'] == len(ckpt['history']) < json.loads((run/'run.json').read_text())['epochs']
+    assert len(rows) == ckpt['epoch'], "history.csv has an epoch that checkpoint.pth lacks (stopped between their writes): stop the run with --stop_after before committing it"
+
+def test_ended_runs_keep_no_checkpoint():
+    "A run that ended deleted its checkpoint; one committed in progress must have it deleted from the repository too when it ends (`git rm`)"
+    assert not [r for r in RUNS if (r/'checkpoint.pth').exists()]
