@@ -76,9 +76,9 @@ def summarize_runs(path) -> pd.DataFrame:
 
 # %% ../nbs/09_report.ipynb #9ab48167
 def md_table(df) -> Markdown:
-    "`df` as a Markdown table, its links from `nbs/` to `../` made links from the repository's root"
+    "`df` as a Markdown table"
     rows = [list(df.columns), ['---']*len(df.columns), *df.astype(str).values.tolist()]
-    return Markdown('\n'.join('| '+' | '.join(r)+' |' for r in rows).replace('](../', ']('))
+    return Markdown('\n'.join('| '+' | '.join(r)+' |' for r in rows))
 
 # %% ../nbs/09_report.ipynb #eff83f74
 def seed_runs(variant, path='results') -> list:

@@ -1,4 +1,4 @@
-"Tests for `tools/build_docs`: its pages, their links, API docs and images, and how a browser renders them"
+"Tests for the docs: `tools/build_docs`'s pages, their links, API docs and images, and how a browser renders them; the links of the notebooks and the README"
 import configparser, json, os, re, shutil, subprocess, sys, tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -106,6 +106,26 @@ def test_links(docs):
         assert not [o for o in page.hrefs if o.startswith(doc_url())], f'{nm} links to the doc host'
     index = Page((dest/'index.html').read_text(encoding='utf-8'))
     assert all(index.hrefs.count(o)>=2 for o in names[1:]), 'index.html lacks the list of modules'
+
+def md_links(text):
+    "The relative targets of the links and images in markdown `text`"
+    return [o for o in re.findall(r'\]\(([^)\s]+)\)', text) if not re.match(r'^([a-z]+:|#|/)', o)]
+
+def notebook_markdown(nb):
+    "The markdown of notebook `nb`: its markdown cells and the markdown outputs of its code cells"
+    cells = json.loads(nb.read_text(encoding='utf-8'))['cells']
+    return [''.join(c['source']) for c in cells if c['cell_type']=='markdown'] + [
+        ''.join(o['data']['text/markdown']) for c in cells for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
+
+@pytest.mark.parametrize('nb', notebooks(), ids=lambda o: o.name)
+def test_notebook_links(nb):
+    "A notebook's links reach a file of the repository from the notebook's folder, as Jupyter and GitHub follow them"
+    missing = [o for md in notebook_markdown(nb) for o in md_links(md) if not (nb.parent/o.split('#')[0]).exists()]
+    assert not missing, f'{nb.name} links to missing files: {missing[:5]} (write links from nbs/, e.g. ../results/RUN)'
+
+def test_readme_links():
+    missing = [o for o in md_links((root/'README.md').read_text(encoding='utf-8')) if not (root/o.split('#')[0]).exists()]
+    assert not missing, f'README.md links to missing files: {missing[:5]}'
 
 @pytest.mark.parametrize('page,name', api.items())
 def test_api(docs, page, name):
