@@ -24,7 +24,8 @@ from cifar_fastai.train import train
 SCREENED_ARCHS = dict(
     c4w160 = partial(CifarNet, widths=(16,32,64,160), kinds=('conv','conv','dilated','sep'), down='stride'), # the first default
     w_sep = partial(CifarNet, widths=(16,48,96,160), kinds=('conv','conv','sep_dilated','sep'), down='stride', n_res=(2,1,2,1)),
-    all_sep = partial(CifarNet, widths=(16,48,96,144), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(2,2,2,2)))
+    all_sep = partial(CifarNet, widths=(16,48,96,144), kinds=('conv','sep','sep_dilated','sep'), down='stride', n_res=(2,2,2,2)),
+    tiny_wide = partial(CifarNet, widths=(32,32,36,40), kinds=('sep','sep','sep_dilated','sep'), down='stride')) # under 20k: tiny_sep's C1 twice as wide, paid for at low resolution
 
 SHORT = dict(epochs=8, subset=0.2) # screening: 8 epochs on a stratified fifth of the training images, the whole test split
 OLD_RECIPE = dict(label_smoothing=0, wd=0.01) # fastai's defaults, before label smoothing 0.1 and weight decay 0.05 measured better
@@ -43,6 +44,8 @@ STUDIES = {
         'whiten': dict(epochs=15, whiten=True), 'deep': dict(arch='deep', epochs=15),
         'light': dict(epochs=15, dropout_p=0.1, label_smoothing=0), 'wide': dict(arch='wide', epochs=15),
         'bnlr8': dict(epochs=15, bn_bias_lr_mult=8), 'wide-drop0.1': dict(arch='wide', epochs=15, dropout_p=0.1)},
+    'screen20k': { # layouts under 20k parameters at 15 epochs, two seeds, scored on a tenth of the training images held out
+        'tiny_sep': dict(arch='tiny_sep', epochs=15, dropout_p=0.1, valid_pct=0.1), 'tiny_wide': dict(arch='tiny_wide', epochs=15, dropout_p=0.1, valid_pct=0.1)},
     'independent-augs': { # the first runs after the three augmentations were made to draw independently
         'default-lrfind': dict(lr_find=True)},
     'baseline': { # the registered variants with tied augmentations (before commit d3cb96a)
