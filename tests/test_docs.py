@@ -109,7 +109,7 @@ def test_links(docs):
 
 def md_links(text):
     "The relative targets of the links and images in markdown `text`"
-    return [o for o in re.findall(r'\]\(([^)\s]+)\)', text) if not re.match(r'^([a-z]+:|#|/)', o)]
+    return [o for o in re.findall(r'\]\(([^)\s]+)(?:\s+"[^"]*")?\)', text) if not re.match(r'^([a-z]+:|#|/)', o, re.I)]
 
 def notebook_markdown(nb):
     "The markdown of notebook `nb`: its markdown cells and the markdown outputs of its code cells"
