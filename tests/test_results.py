@@ -91,7 +91,6 @@ def _settings(run):
 def test_run_is_a_driver_variant(run):
     "Every run folder is `results/STUDY/VARIANT-sSEED` (or a headline folder) of a variant in the driver's `STUDIES`, with its settings and network"
     from cifar_fastai.learner import TRAIN_DEFAULTS
-    from cifar_fastai.model import ARCHS
     ex = _driver()
     rel = run.relative_to(RESULTS)
     study,name = ('headline', rel.name) if len(rel.parts)==1 else rel.parts
@@ -103,7 +102,7 @@ def test_run_is_a_driver_variant(run):
     got = _settings(run)
     if kw.get('lr_find'): want['lr'] = got['lr'] # the finder chose it
     assert got == want
-    arch = {**ARCHS, **ex.SCREENED_ARCHS}[kw['arch']]
+    arch = ARCHS[kw['arch']] # the screened networks too (`screened_archs`)
     if run in RUNS: assert count_params(arch(n_out=10)) == json.loads((run/'metrics.json').read_text())['params'], "another network than the variant's"
     else: # a run in progress: it continues with the arch it recorded, and its checkpoint holds the variant's network
         assert json.loads((run/'run.json').read_text())['arch'] == kw['arch']
